@@ -1,0 +1,75 @@
+"""The Sentinel-2 MSI band table, and name mapping across STAC providers.
+
+Canonical names are the ESA band ids (``B02``...). Providers name assets differently: Earth Search uses common
+names (``blue``, ``rededge1``), Planetary Computer the ids (``B02``), Copernicus Data Space ids with a resolution
+(``B02_10m``). :func:`canonical_band` maps any of these to the canonical id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pixeldino.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Band:
+    """One Sentinel-2 band: canonical id, STAC common name, Earth Search asset key, native resolution (m)."""
+
+    name: str
+    common_name: str
+    earth_search_key: str
+    resolution: int
+    center_wavelength_um: float
+
+
+S2_BANDS: dict[str, Band] = {
+    b.name: b
+    for b in [
+        Band("B01", "coastal", "coastal", 60, 0.443),
+        Band("B02", "blue", "blue", 10, 0.490),
+        Band("B03", "green", "green", 10, 0.560),
+        Band("B04", "red", "red", 10, 0.665),
+        Band("B05", "rededge", "rededge1", 20, 0.705),
+        Band("B06", "rededge", "rededge2", 20, 0.740),
+        Band("B07", "rededge", "rededge3", 20, 0.783),
+        Band("B08", "nir", "nir", 10, 0.842),
+        Band("B8A", "nir08", "nir08", 20, 0.865),
+        Band("B09", "nir09", "nir09", 60, 0.945),
+        Band("B10", "cirrus", "cirrus", 60, 1.375),
+        Band("B11", "swir16", "swir16", 20, 1.610),
+        Band("B12", "swir22", "swir22", 20, 2.190),
+    ]
+}
+
+_ALIASES: dict[str, str] = {}
+for _band in S2_BANDS.values():
+    for _alias in {_band.name, _band.earth_search_key, f"{_band.name}_{_band.resolution}m"}:
+        _ALIASES[_alias.lower()] = _band.name
+    _ALIASES[_band.name.replace("B0", "B").lower()] = _band.name  # "B2" -> "B02"
+# common names that are unique map too ("blue"); ambiguous ones ("rededge") do not
+for _cn in {"blue", "green", "red", "nir", "nir08", "nir09", "cirrus", "swir16", "swir22", "coastal"}:
+    _ALIASES[_cn] = next(b.name for b in S2_BANDS.values() if b.earth_search_key == _cn)
+
+
+def canonical_band(name: str) -> str:
+    """Return the canonical Sentinel-2 band id for any provider's band or asset name.
+
+    >>> canonical_band("rededge1"), canonical_band("B8"), canonical_band("B02_10m")
+    ('B05', 'B08', 'B02')
+    """
+    try:
+        return _ALIASES[name.strip().lower()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown Sentinel-2 band {name!r}; use one of {', '.join(S2_BANDS)} (or a provider alias such as 'red')"
+        ) from None
+
+
+def canonical_bands(names: list[str]) -> list[str]:
+    """Canonicalise a band list, refusing duplicates."""
+    out = [canonical_band(n) for n in names]
+    dupes = sorted({b for b in out if out.count(b) > 1})
+    if dupes:
+        raise ConfigError(f"band list names {', '.join(dupes)} more than once: {names}")
+    return out

@@ -1,0 +1,285 @@
+"""The ``pixeldino`` command: one verb per pipeline stage, the same functions the Snakemake workflow calls.
+
+    pixeldino search  --catalog resources/demo/stac/catalog.json --aoi aoi.gpkg --out manifest.json
+    pixeldino fetch   --manifest manifest.json --out-dir scenes/
+    pixeldino chip    --scenes scenes/*.tif --labels rts.gpkg --footprint aoi.geojson --out chips.zarr
+    pixeldino train   --chips chips.zarr --out-dir model/
+    pixeldino predict SCENE.tif --model model/model.safetensors --out prob.tif
+    pixeldino polygonize prob.tif --out rts.gpkg
+    pixeldino merge   polygons/*.gpkg --out rts_polygons.gpkg
+    pixeldino evaluate --prediction prob.tif --labels rts.gpkg --out metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pixeldino import __version__
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def _bands(value: str) -> list[str]:
+    from pixeldino.bands import canonical_bands
+
+    return canonical_bands([b for b in value.replace(" ", ",").split(",") if b])
+
+
+DEFAULT_BANDS = "B02,B03,B04,B05,B06,B07,B08"
+
+
+# ---------------------------------------------------------------- handlers (heavy imports stay inside)
+def cmd_search(a: argparse.Namespace) -> None:
+    from pixeldino.search import search_scenes, write_manifest
+
+    manifest = search_scenes(
+        a.catalog,
+        collection=a.collection,
+        aoi=a.aoi,
+        tiles=a.tiles or None,
+        datetime=a.datetime,
+        max_cloud_cover=a.max_cloud_cover,
+        max_scenes_per_tile=a.max_scenes_per_tile,
+        bands=a.bands,
+    )
+    write_manifest(manifest, a.out)
+    for scene in manifest["scenes"]:
+        print(f"{scene['id']}\t{scene['tile']}\t{scene['datetime']}\tcloud {scene['cloud_cover']}")
+
+
+def cmd_fetch(a: argparse.Namespace) -> None:
+    from pixeldino.fetch import fetch_scene
+    from pixeldino.io import read_json
+
+    scenes = read_json(a.manifest)["scenes"]
+    if a.scene:
+        scenes = [s for s in scenes if s["id"] in set(a.scene)]
+        missing = set(a.scene) - {s["id"] for s in scenes}
+        if missing:
+            from pixeldino.errors import InputError
+
+            raise InputError(f"{a.manifest}: no scene(s) {sorted(missing)} in the manifest")
+    for scene in scenes:
+        out = Path(a.out_dir) / f"{scene['id']}.tif"
+        if out.exists() and out.with_suffix(".json").exists() and not a.overwrite:
+            print(f"{out} exists, skipped (use --overwrite to fetch again)")
+            continue
+        fetch_scene(scene, a.bands, out, aoi=a.aoi, resolution=a.resolution)
+        print(out)
+
+
+def cmd_chip(a: argparse.Namespace) -> None:
+    from pixeldino.chip import make_chips
+
+    stats = make_chips(
+        scenes=[Path(p) for p in a.scenes],
+        bands=a.bands,
+        out_path=a.out,
+        labels=a.labels,
+        label_footprint=a.footprint,
+        holdout=a.holdout,
+        unlabelled_scenes=[Path(p) for p in (a.unlabelled_scenes or a.scenes)],
+        chip_size=a.size,
+        n_labelled=a.n_labelled,
+        n_unlabelled=a.n_unlabelled,
+        positive_fraction=a.positive_fraction,
+        seed=a.seed,
+    )
+    print({k: v for k, v in stats.items() if not isinstance(v, (list, dict))})
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from pixeldino.train import TrainConfig, train_from_store
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {k: v for k, v in vars(a).items() if k in fields and v is not None}
+    kwargs["normalisation"] = {"method": a.normalisation}
+    metrics = train_from_store(a.chips, a.out_dir, TrainConfig(**kwargs), bands=a.bands)
+    print({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from pixeldino.predict import predict_scene
+
+    predict_scene(
+        a.scene,
+        a.model,
+        a.out,
+        out_pseudo=a.pseudo_out,
+        patch_size=a.patch_size,
+        overlap=a.overlap,
+        batch_size=a.batch_size,
+        chunk_size=a.chunk_size,
+        tta=a.tta,
+        device=a.device,
+        num_threads=a.threads,
+    )
+    print(a.out)
+
+
+def cmd_polygonize(a: argparse.Namespace) -> None:
+    from pixeldino.polygonize import polygonize_scene
+
+    gdf = polygonize_scene(
+        a.prob, a.out, threshold=a.threshold, min_area_m2=a.min_area, opening_radius=a.opening_radius
+    )
+    print(f"{a.out}: {len(gdf)} polygons")
+
+
+def cmd_merge(a: argparse.Namespace) -> None:
+    from pixeldino.merge import merge_polygons
+
+    gdf = merge_polygons(a.inputs, a.out, crs=a.crs, out_parquet=a.parquet)
+    print(f"{a.out}: {len(gdf)} slumps")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from pixeldino.evaluate import evaluate_site
+    from pixeldino.io import write_json
+
+    result = evaluate_site(
+        a.prediction,
+        a.labels,
+        aoi_path=a.aoi,
+        threshold=a.threshold,
+        site=a.site,
+        image_path=a.image,
+        quicklook_png=a.quicklook,
+    )
+    write_json(a.out, {"sites": {a.site: result}})
+    pixel = result.get("pixel", result)
+    print(f"{a.site}: pixel IoU {pixel.get('iou', float('nan')):.3f}  F1 {pixel.get('f1', float('nan')):.3f}")
+
+
+def cmd_config(a: argparse.Namespace) -> None:
+    import yaml
+
+    from pixeldino.config import load_config
+
+    print(yaml.safe_dump(load_config(a.config), sort_keys=False), end="")
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixeldino",
+        description="Map retrogressive thaw slumps in Sentinel-2 imagery with PixelDINO. "
+        "Each verb runs one stage; `snakemake` chains them (see README).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pixeldino {__version__}")
+    parser.add_argument("--log", metavar="FILE", help="also write the log to FILE")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, func: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("search", cmd_search, "Search a STAC catalog or API for Sentinel-2 scenes; write a scene manifest.")
+    p.add_argument("--catalog", required=True, help="local static catalog.json or STAC API URL")
+    p.add_argument("--collection", default="sentinel-2-l1c")
+    p.add_argument("--aoi", help="area of interest (vector file)")
+    p.add_argument("--tiles", nargs="*", default=[], help="MGRS tiles, e.g. 08WMA")
+    p.add_argument("--datetime", default="2021-07-01/2021-08-31", help="date range START/END")
+    p.add_argument("--max-cloud-cover", type=float, default=20.0, help="percent")
+    p.add_argument("--max-scenes-per-tile", type=int, default=1)
+    p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS, help="comma-separated band ids")
+    p.add_argument("--out", required=True, help="manifest JSON to write")
+
+    p = verb("fetch", cmd_fetch, "Fetch the scenes of a manifest into 10 m multi-band COGs (skips completed ones).")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--scene", nargs="*", help="only these scene ids (default: all)")
+    p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS)
+    p.add_argument("--aoi", help="clip to this area of interest")
+    p.add_argument("--resolution", type=float, default=10.0, help="metres")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = verb("chip", cmd_chip, "Cut labelled and unlabelled training chips into a zarr store.")
+    p.add_argument("--scenes", nargs="+", required=True, help="scene COGs")
+    p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS)
+    p.add_argument("--labels", help="RTS polygons (any vector format/CRS)")
+    p.add_argument("--footprint", help="area where the labels are complete")
+    p.add_argument("--holdout", help="part of the footprint kept for validation")
+    p.add_argument("--unlabelled-scenes", nargs="*", help="scenes for unlabelled chips (default: --scenes)")
+    p.add_argument("--size", type=int, default=64, help="chip size in pixels")
+    p.add_argument("--n-labelled", type=int, default=96)
+    p.add_argument("--n-unlabelled", type=int, default=96)
+    p.add_argument("--positive-fraction", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="zarr store to write")
+
+    p = verb("train", cmd_train, "Train a segmentation model (PixelDINO or a baseline); export the teacher.")
+    p.add_argument("--chips", required=True, help="chip store (zarr)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--bands", type=_bands, default=None, help="expected bands (default: the chip store's)")
+    p.add_argument("--mode", choices=["supervised", "supervised+aug", "fixmatch", "pixeldino"], default="pixeldino")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-labelled", type=int)
+    p.add_argument("--batch-unlabelled", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--width", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--normalisation", choices=["logsigmoid", "zscore", "scale"], default="logsigmoid")
+
+    p = verb("predict", cmd_predict, "Sliding-window RTS probability over a whole scene (bounded memory).")
+    p.add_argument("scene", help="scene COG (uint16, band descriptions = band ids)")
+    p.add_argument("--model", required=True, help="model .safetensors (with its .json)")
+    p.add_argument("--out", required=True, help="probability COG to write (uint8, p x 254, nodata 255)")
+    p.add_argument("--pseudo-out", help="also write the pseudo-class QA map here")
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for the model")
+
+    p = verb("polygonize", cmd_polygonize, "Turn an RTS probability raster into polygons (GeoPackage layer 'rts').")
+    p.add_argument("prob")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", type=float, help="default: the model's calibrated threshold")
+    p.add_argument("--min-area", type=float, default=500.0, help="minimum polygon area, m2")
+    p.add_argument("--opening-radius", type=int, default=0, help="binary opening radius, pixels")
+
+    p = verb("merge", cmd_merge, "Merge per-scene polygons into one deduplicated equal-area map.")
+    p.add_argument("inputs", nargs="+", help="per-scene GeoPackages")
+    p.add_argument("--out", required=True)
+    p.add_argument("--parquet", help="also write GeoParquet here")
+    p.add_argument("--crs", default="EPSG:3413")
+
+    p = verb("evaluate", cmd_evaluate, "Pixel and object metrics of a prediction against label polygons.")
+    p.add_argument("--prediction", required=True, help="probability raster")
+    p.add_argument("--labels", required=True)
+    p.add_argument("--aoi", help="restrict to this area")
+    p.add_argument("--image", help="scene COG for the quicklook background")
+    p.add_argument("--site", default="site")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--quicklook", help="PNG to write")
+    p.add_argument("--out", required=True, help="metrics JSON")
+
+    p = verb("config", cmd_config, "Validate a workflow config and print it with all defaults filled in.")
+    p.add_argument("config", nargs="?", default="config/config.yaml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pixeldino.runner import run_stage
+
+    args = build_parser().parse_args(argv)
+    run_stage(args.verb, lambda: args.func(args), [args.log] if args.log else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Small I/O helpers shared by all stages: atomic outputs, JSON, and raster writing conventions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it to ``path`` only if the block finishes without error.
+
+    An interrupted or failed stage therefore never leaves a file (or directory, e.g. a zarr store) that looks
+    complete. The temporary name keeps the suffix so that drivers chosen by extension (GPKG, GeoTIFF) still work.
+
+    Example:
+        >>> with atomic_output("out.gpkg") as tmp:
+        ...     gdf.to_file(tmp, layer="rts")
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
+    try:
+        yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        # GDAL side-cars (e.g. .aux.xml) that may have been created next to the temporary file
+        for extra in tmp.parent.glob(tmp.name + ".*"):
+            extra.unlink(missing_ok=True)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (numpy scalars and paths are converted)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, turning a missing or malformed file into a clear :class:`InputError`."""
+    from pixeldino.errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}); re-create it") from exc
+
+
+#: Creation options for every GeoTIFF pixeldino writes: tiled, compressed, overviews built by the COG driver.
+COG_PROFILE: dict[str, Any] = {
+    "driver": "COG",
+    "compress": "DEFLATE",
+    "predictor": "2",
+    "blocksize": 512,
+    "overview_resampling": "nearest",
+    "BIGTIFF": "IF_SAFER",
+}
+
+#: Creation options of the intermediate tiled GeoTIFF that streamed (windowed) writes go to before COG conversion.
+TILED_GTIFF_PROFILE: dict[str, Any] = {
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": 512,
+    "blockysize": 512,
+    "compress": "DEFLATE",
+    "predictor": 2,
+    "BIGTIFF": "IF_SAFER",
+}
+
+
+def gtiff_to_cog(src: str | os.PathLike[str], dst: str | os.PathLike[str], **overrides: Any) -> Path:
+    """Convert a (tiled) GeoTIFF into a Cloud-Optimized GeoTIFF at ``dst`` (atomically).
+
+    GDAL's COG driver streams block by block, so this does not hold the raster in memory.
+    """
+    import rasterio
+    import rasterio.shutil
+
+    options = {k: v for k, v in COG_PROFILE.items() if k != "driver"}
+    options.update(overrides)
+    with atomic_output(dst) as tmp:
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            rasterio.shutil.copy(str(src), str(tmp), driver="COG", **options)
+    return Path(dst)

@@ -1,0 +1,112 @@
+"""The PixelDINO segmentation network: a plain UNet with an RTS head and a pseudo-class head.
+
+"Width 16" (the paper's model) means encoder stages of 16-32-64-128 channels and a 256-channel bottleneck, each
+stage two 3x3 convolutions with normalisation and ReLU. Both heads read the same full-resolution decoder features:
+the RTS head gives one logit per pixel (trained with BCE on labelled chips), the pseudo-class head gives K logits
+per pixel (trained with the PixelDINO self-distillation loss on unlabelled chips).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of :class:`UNet`; stored in every model file."""
+
+    in_channels: int
+    width: int = 16
+    depth: int = 4
+    n_pseudo_classes: int = 24
+    norm: str = "batch"  # "batch" or "group"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be multiples of this (one factor 2 per encoder stage)."""
+        return 2**self.depth
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; use 'batch' or 'group'")
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by normalisation and ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            _norm(norm, c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            _norm(norm, c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """UNet with two per-pixel heads.
+
+    ``forward(x)`` takes a normalised ``(B, C, H, W)`` float tensor (H, W multiples of ``2**depth``) and returns
+    ``(rts_logits, pseudo_logits)`` of shapes ``(B, 1, H, W)`` and ``(B, K, H, W)``.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = [config.width * 2**i for i in range(config.depth + 1)]  # 16, 32, 64, 128, 256
+        self.encoders = nn.ModuleList()
+        c_in = config.in_channels
+        for w in widths[:-1]:
+            self.encoders.append(ConvBlock(c_in, w, config.norm))
+            c_in = w
+        self.bottleneck = ConvBlock(widths[-2], widths[-1], config.norm)
+        self.upsamples = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for w_skip, w_deep in zip(reversed(widths[:-1]), reversed(widths[1:])):
+            self.upsamples.append(nn.ConvTranspose2d(w_deep, w_skip, kernel_size=2, stride=2))
+            self.decoders.append(ConvBlock(2 * w_skip, w_skip, config.norm))
+        self.rts_head = nn.Conv2d(widths[0], 1, kernel_size=1)
+        self.pseudo_head = nn.Conv2d(widths[0], config.n_pseudo_classes, kernel_size=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Full-resolution decoder features shared by both heads."""
+        m = self.config.multiple
+        if x.shape[-1] % m or x.shape[-2] % m:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of {m}")
+        skips = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for up, dec, skip in zip(self.upsamples, self.decoders, reversed(skips)):
+            x = dec(torch.cat([up(x), skip], dim=1))
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return self.rts_head(f), self.pseudo_head(f)
+
+
+def build_model(config: UNetConfig) -> UNet:
+    """Create a freshly initialised :class:`UNet` (Kaiming init for convolutions)."""
+    model = UNet(config)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model

@@ -1,0 +1,110 @@
+"""Glue between a workflow configuration and the stage functions, shared by the Snakemake scripts and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pixeldino.errors import ConfigError, InputError
+from pixeldino.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def manifest_scene(manifest_path: str | os.PathLike[str], scene_id: str) -> dict[str, Any]:
+    """The manifest entry of one scene."""
+    scenes = read_json(manifest_path)["scenes"]
+    for scene in scenes:
+        if scene["id"] == scene_id:
+            return scene
+    raise InputError(f"{manifest_path}: no scene {scene_id!r} in the manifest; re-run the search")
+
+
+def scenes_of_tiles(
+    scenes: list[Path], tiles: list[str], manifest_path: str | os.PathLike[str]
+) -> list[Path]:
+    """The scene rasters (named ``<scene id>.tif``) whose MGRS tile is in ``tiles``; all of them if ``tiles`` is empty."""
+    if not tiles:
+        return list(scenes)
+    tile_of = {s["id"]: s["tile"] for s in read_json(manifest_path)["scenes"]}
+    wanted = {t.upper().lstrip("0") for t in tiles}
+    chosen = [p for p in scenes if str(tile_of.get(Path(p).stem, "")).upper().lstrip("0") in wanted]
+    if not chosen:
+        raise ConfigError(
+            f"chips.unlabelled_tiles {tiles} matches none of the scenes found ({sorted(set(tile_of.values()))}); "
+            "fix the tile list or leave it empty to use every scene"
+        )
+    return chosen
+
+
+def train_config_from(train: dict[str, Any], normalisation: dict[str, Any], threads: int | None = None) -> Any:
+    """Build a :class:`pixeldino.train.TrainConfig` from the ``train`` and ``normalisation`` config sections."""
+    from pixeldino.train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {k: v for k, v in train.items() if k in known}
+    kwargs["normalisation"] = dict(normalisation)
+    if threads and "num_threads" in known:
+        kwargs["num_threads"] = threads
+    return TrainConfig(**kwargs)
+
+
+def _aoi_geometry_4326(aoi_path: str | os.PathLike[str]) -> Any:
+    import geopandas as gpd
+
+    try:
+        aoi = gpd.read_file(aoi_path)
+    except Exception as exc:  # pyogrio raises several types for unreadable files
+        raise InputError(f"{aoi_path}: cannot read the AOI ({exc}); give a GeoPackage or GeoJSON") from None
+    if aoi.empty:
+        raise InputError(f"{aoi_path}: the AOI has no features")
+    if aoi.crs is None:
+        raise InputError(f"{aoi_path}: the AOI has no CRS; set one (e.g. in QGIS) and retry")
+    return aoi.to_crs(4326).union_all()
+
+
+def scene_for_aoi(aoi_path: str | os.PathLike[str], scenes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest scene whose footprint covers most of the AOI."""
+    from shapely.geometry import box
+
+    aoi = _aoi_geometry_4326(aoi_path)
+    best = max(scenes, key=lambda s: box(*s["bbox"]).intersection(aoi).area, default=None)
+    if best is None or box(*best["bbox"]).intersection(aoi).area == 0:
+        raise InputError(f"{aoi_path}: no scene in the manifest covers this evaluation AOI; widen the search")
+    return best
+
+
+def evaluate_configured_sites(
+    sites: list[dict[str, Any]],
+    *,
+    manifest: str | os.PathLike[str],
+    predictions_dir: str | os.PathLike[str],
+    scenes_dir: str | os.PathLike[str],
+    out_json: str | os.PathLike[str],
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate every configured site on the prediction of the scene that covers it; write one JSON."""
+    from pixeldino.evaluate import evaluate_site
+
+    scenes = read_json(manifest)["scenes"]
+    out_dir = Path(out_json).parent
+    results: dict[str, Any] = {}
+    for site in sites:
+        aoi = site.get("aoi") or site["labels"]
+        scene = scene_for_aoi(aoi, scenes)
+        results[site["name"]] = evaluate_site(
+            Path(predictions_dir) / f"{scene['id']}_prob.tif",
+            site["labels"],
+            aoi_path=site.get("aoi"),
+            threshold=threshold,
+            site=site["name"],
+            image_path=Path(scenes_dir) / f"{scene['id']}.tif",
+            quicklook_png=out_dir / f"quicklook_{site['name']}.png",
+        )
+        results[site["name"]]["scene_id"] = scene["id"]
+        log.info("%s: pixel IoU %.3f", site["name"], results[site["name"]].get("pixel", {}).get("iou", float("nan")))
+    write_json(out_json, {"sites": results})
+    return results

@@ -1,0 +1,15 @@
+rule polygonize_scene:
+    input:
+        prob=f"{RESULTS}/predictions/{{scene}}_prob.tif",
+    output:
+        polygons=f"{RESULTS}/polygons/{{scene}}.gpkg",
+    params:
+        polygonize=config["polygonize"],
+    log:
+        f"{LOGS}/polygonize_scene/{{scene}}.log",
+    benchmark:
+        f"{BENCH}/polygonize_scene/{{scene}}.tsv"
+    conda:
+        "../envs/geo.yaml"
+    script:
+        "../scripts/polygonize_scene.py"

@@ -1,0 +1,21 @@
+rule predict_scene:
+    input:
+        scene=f"{RESULTS}/scenes/{{scene}}.tif",
+        model=MODEL,
+    output:
+        prob=f"{RESULTS}/predictions/{{scene}}_prob.tif",
+        pseudo=f"{RESULTS}/predictions/{{scene}}_pseudo.tif",
+    params:
+        predict=config["predict"],
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    log:
+        f"{LOGS}/predict_scene/{{scene}}.log",
+    benchmark:
+        f"{BENCH}/predict_scene/{{scene}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/predict_scene.py"

@@ -1,0 +1,31 @@
+if not TRAIN_MODEL:
+
+    rule train:
+        input:
+            chips=f"{RESULTS}/chips/chips.zarr",
+        output:
+            model=f"{RESULTS}/model/model.safetensors",
+            metadata=f"{RESULTS}/model/model.json",
+            log_csv=f"{RESULTS}/model/training_log.csv",
+            curves=report(
+                f"{RESULTS}/model/training_curves.png",
+                caption="../report/training.rst",
+                category="Training",
+            ),
+        params:
+            train=config["train"],
+            bands=config["bands"],
+            normalisation=config["normalisation"],
+            out_dir=f"{RESULTS}/model",
+        threads: workflow.cores
+        resources:
+            gpu=1,
+            mem_mb=8000,
+        log:
+            f"{LOGS}/train.log",
+        benchmark:
+            f"{BENCH}/train.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/train.py"

@@ -1,0 +1,17 @@
+"""Snakemake script: RTS probability raster -> polygons with attributes (GeoPackage layer 'rts')."""
+from pixeldino.polygonize import polygonize_scene
+from pixeldino.runner import snakemake_stage
+
+
+def main() -> None:
+    p = snakemake.params.polygonize
+    polygonize_scene(
+        snakemake.input.prob,
+        snakemake.output.polygons,
+        threshold=p["threshold"],
+        min_area_m2=p["min_area_m2"],
+        opening_radius=p["opening_radius"],
+    )
+
+
+snakemake_stage(snakemake, "polygonize", main)

@@ -1,0 +1,23 @@
+"""Snakemake script: sliding-window RTS probability (and pseudo-class QA map) over one whole scene."""
+from pixeldino.predict import predict_scene
+from pixeldino.runner import snakemake_stage
+
+
+def main() -> None:
+    p = snakemake.params.predict
+    predict_scene(
+        snakemake.input.scene,
+        snakemake.input.model,
+        snakemake.output.prob,
+        out_pseudo=snakemake.output.pseudo,
+        patch_size=p["patch_size"],
+        overlap=p["overlap"],
+        batch_size=p["batch_size"],
+        chunk_size=p["chunk_size"],
+        tta=p["tta"],
+        device=p["device"],
+        num_threads=snakemake.threads,
+    )
+
+
+snakemake_stage(snakemake, "predict", main)
