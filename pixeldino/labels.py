@@ -1,0 +1,250 @@
+"""RTS label handling: read polygons from any vector file, burn them onto a scene grid, and measure agreement.
+
+Conventions shared by chipping, training and evaluation:
+
+* label rasters are ``uint8``: 1 = RTS, 0 = background, :data:`IGNORE` (255) = not labelled (outside the label
+  footprint, or over image nodata) — padding is never counted as background;
+* rasterisation is by pixel centre (``all_touched=False``), so a polygon and its rasterised pixels have the same
+  area on average and nothing is biased towards the RTS class;
+* agreement is pixel IoU of the RTS class on the scene's 10 m grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from affine import Affine
+from pyproj import CRS
+from rasterio.features import rasterize
+from shapely.geometry.base import BaseGeometry
+
+from pixeldino.errors import InputError
+
+#: Mask value for pixels that carry no label (outside the footprint, image nodata, padding).
+IGNORE = 255
+
+Geometries = gpd.GeoDataFrame | gpd.GeoSeries | BaseGeometry | Sequence[BaseGeometry]
+
+
+def _polygonal_part(geom: BaseGeometry | None) -> BaseGeometry | None:
+    """Keep only the (multi)polygon part of a geometry; None when nothing areal is left."""
+    if geom is None or geom.is_empty:
+        return None
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    polys = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
+    if not polys:
+        return None
+    merged = shapely.union_all(polys)
+    return merged if not merged.is_empty else None
+
+
+def clean_polygons(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Repair invalid geometries (``make_valid``), drop Z, and keep polygonal parts only.
+
+    A self-intersecting "bow-tie" becomes a two-triangle MultiPolygon instead of silently rasterising wrongly;
+    line or point debris that ``make_valid`` may produce is dropped, and so are rows left empty.
+    """
+    geoms = shapely.force_2d(gdf.geometry.values)
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    polys = [_polygonal_part(g) for g in geoms]
+    keep = np.array([g is not None for g in polys], dtype=bool)
+    out = gdf.loc[keep].copy()
+    out = out.set_geometry(gpd.GeoSeries([g for g in polys if g is not None], index=out.index, crs=gdf.crs))
+    return out.reset_index(drop=True)
+
+
+def read_labels(path: str | os.PathLike[str], crs: Any, layer: str | None = None) -> gpd.GeoDataFrame:
+    """Read RTS polygons from any vector file, reproject them to ``crs`` and repair them.
+
+    Args:
+        path: GeoPackage, Shapefile, GeoJSON, GeoParquet, ... (anything pyogrio reads, ``.parquet`` via pyarrow).
+        crs: target CRS (anything :class:`pyproj.CRS` accepts, e.g. ``"EPSG:32608"`` or a rasterio CRS).
+        layer: layer name for multi-layer files; the first layer when None.
+
+    Returns:
+        A GeoDataFrame in ``crs`` with valid (Multi)Polygon geometries; it may be empty (no RTS in the area).
+
+    Raises:
+        InputError: the file is missing or unreadable, the layer does not exist, or the file has no CRS.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"label file {p} not found; check the path in your config")
+    try:
+        if p.suffix.lower() in (".parquet", ".geoparquet"):
+            gdf = gpd.read_parquet(p)
+        else:
+            gdf = gpd.read_file(p, layer=layer)
+    except Exception as exc:  # pyogrio/pyarrow raise many types; the user needs the file name and the reason
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read label file {p} ({reason}); is it a valid vector file?") from exc
+    if gdf.crs is None:
+        raise InputError(
+            f"label file {p} has no CRS; assign the right one, e.g. `ogr2ogr -a_srs EPSG:32608 fixed.gpkg {p.name}`"
+        )
+    if len(gdf):
+        gdf = clean_polygons(gdf)
+    return gdf.to_crs(CRS.from_user_input(crs))
+
+
+def _as_shapes(geoms: Geometries | None) -> list[BaseGeometry]:
+    """Normalise the accepted geometry inputs into a list of non-empty shapely geometries."""
+    if geoms is None:
+        return []
+    if isinstance(geoms, gpd.GeoDataFrame):
+        values = list(geoms.geometry.values)
+    elif isinstance(geoms, gpd.GeoSeries):
+        values = list(geoms.values)
+    elif isinstance(geoms, BaseGeometry):
+        values = [geoms]
+    else:
+        values = list(geoms)
+    return [g for g in values if g is not None and not g.is_empty]
+
+
+def burn(geoms: Geometries | None, transform: Affine, shape: tuple[int, int], all_touched: bool = False) -> np.ndarray:
+    """Rasterise geometries (already in the grid's CRS) into a boolean array, by pixel centre by default."""
+    shapes = _as_shapes(geoms)
+    if not shapes:
+        return np.zeros(shape, dtype=bool)
+    out = rasterize(
+        [(g, 1) for g in shapes], out_shape=shape, transform=transform, fill=0, dtype="uint8", all_touched=all_touched
+    )
+    return out.astype(bool)
+
+
+def rasterize_labels(
+    labels_gdf: Geometries,
+    transform: Affine,
+    shape: tuple[int, int],
+    footprint: Geometries | np.ndarray | None = None,
+    nodata_mask: np.ndarray | None = None,
+    ignore_value: int = IGNORE,
+) -> np.ndarray:
+    """Burn RTS polygons onto a grid as a training/evaluation mask.
+
+    Args:
+        labels_gdf: RTS polygons in the grid's CRS (see :func:`read_labels`).
+        transform: affine transform of the grid.
+        shape: ``(rows, cols)`` of the grid.
+        footprint: where labelling was exhaustive (polygons in the grid's CRS, or a boolean array of ``shape``);
+            pixels outside get ``ignore_value``. None: the whole grid was labelled.
+        nodata_mask: boolean array of ``shape``, True where the image has no data; those pixels get ``ignore_value``.
+        ignore_value: value for unlabelled pixels.
+
+    Returns:
+        ``uint8`` array: 1 = RTS, 0 = background, ``ignore_value`` = ignore.
+    """
+    mask = burn(labels_gdf, transform, shape).astype(np.uint8)
+    if footprint is not None:
+        inside = footprint if isinstance(footprint, np.ndarray) else burn(footprint, transform, shape)
+        if inside.shape != tuple(shape):
+            raise ValueError(f"footprint array shape {inside.shape} differs from the grid shape {tuple(shape)}")
+        mask[~inside.astype(bool)] = ignore_value
+    if nodata_mask is not None:
+        if nodata_mask.shape != tuple(shape):
+            raise ValueError(f"nodata mask shape {nodata_mask.shape} differs from the grid shape {tuple(shape)}")
+        mask[nodata_mask.astype(bool)] = ignore_value
+    return mask
+
+
+def expert_counts(experts: Sequence[Geometries], transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """Per pixel, how many of the experts' polygon sets cover the pixel centre (``uint16``)."""
+    counts = np.zeros(shape, dtype=np.uint16)
+    for gdf in experts:
+        counts += burn(gdf, transform, shape)
+    return counts
+
+
+def consensus_mask(
+    experts: Sequence[Geometries],
+    transform: Affine,
+    shape: tuple[int, int],
+    min_fraction: float = 0.5,
+    footprint: Geometries | np.ndarray | None = None,
+) -> np.ndarray:
+    """Pixels where at least ``min_fraction`` of the experts drew an RTS (boolean array).
+
+    Args:
+        experts: one polygon set per expert, all in the grid's CRS (an expert who drew nothing is an empty set and
+            still counts in the denominator).
+        transform: grid transform.
+        shape: grid shape.
+        min_fraction: share of experts needed; 0.5 means "at least half" (6 of 12, 5 of 10, 6 of 11).
+        footprint: restrict the result to this area (polygons or boolean array).
+    """
+    if not experts:
+        raise ValueError("consensus_mask needs at least one expert")
+    counts = expert_counts(experts, transform, shape)
+    out = counts >= min_fraction * len(experts)
+    if footprint is not None:
+        inside = footprint if isinstance(footprint, np.ndarray) else burn(footprint, transform, shape)
+        out &= inside.astype(bool)
+    return out
+
+
+def pixel_iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """IoU of two boolean masks over ``valid`` pixels; 1.0 when both are empty (they agree there is nothing)."""
+    a = a.astype(bool)
+    b = b.astype(bool)
+    if valid is not None:
+        a = a & valid
+        b = b & valid
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
+
+
+def expert_agreement(
+    experts: Mapping[str, Geometries],
+    transform: Affine,
+    shape: tuple[int, int],
+    footprint: Geometries | np.ndarray | None = None,
+    min_fraction: float = 0.5,
+) -> dict[str, Any]:
+    """Leave-one-out agreement: each expert versus the consensus of all the *other* experts.
+
+    For every expert, the reference is the set of pixels where at least ``min_fraction`` of the remaining experts
+    drew an RTS; the score is the pixel IoU (pixel-centre rasterisation on the given grid) inside ``footprint``.
+    This is the measure of Nitze et al. (2024) used in ``resources/demo/README.md``.
+
+    Args:
+        experts: expert name (e.g. ``"#01"``) -> that expert's polygons in the grid's CRS.
+        transform: grid transform.
+        shape: grid shape.
+        footprint: the study area (polygons or boolean array); None means the whole grid.
+        min_fraction: consensus threshold among the other experts.
+
+    Returns:
+        ``{"per_expert": {name: iou}, "mean": float, "min": float, "max": float, "n_experts": int}``.
+    """
+    if len(experts) < 2:
+        raise ValueError("expert_agreement needs at least two experts")
+    if footprint is None:
+        valid = np.ones(shape, dtype=bool)
+    else:
+        valid = footprint.astype(bool) if isinstance(footprint, np.ndarray) else burn(footprint, transform, shape)
+    masks = {name: burn(g, transform, shape) & valid for name, g in experts.items()}
+    counts = np.sum([m.astype(np.uint16) for m in masks.values()], axis=0)
+    n_others = len(masks) - 1
+    per_expert: dict[str, float] = {}
+    for name, own in masks.items():
+        others = counts - own.astype(np.uint16)
+        reference = (others >= min_fraction * n_others) & valid
+        per_expert[name] = pixel_iou(own, reference, valid)
+    values = np.array(list(per_expert.values()))
+    return {
+        "per_expert": per_expert,
+        "mean": float(values.mean()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "n_experts": len(masks),
+    }

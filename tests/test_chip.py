@@ -1,0 +1,165 @@
+"""Tests for pixeldino.chip: sampling rules, masks, the zarr layout and ChipStore."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from shapely.geometry import box
+
+from pixeldino.chip import ChipStore, make_chips
+from pixeldino.errors import InputError
+from pixeldino.labels import IGNORE
+
+BANDS = ["B02", "B03", "B04"]
+SIZE = 32
+X0, Y0 = 400_000.0, 7_600_000.0  # top-left corner of the synthetic scene
+TRANSFORM = Affine(10.0, 0.0, X0, 0.0, -10.0, Y0)
+H = W = 128
+CRS = "EPSG:32608"
+
+
+def _xy(row: float, col: float) -> tuple[float, float]:
+    return X0 + 10 * col, Y0 - 10 * row
+
+
+def _box_px(r0: int, c0: int, r1: int, c1: int):
+    """A polygon covering pixel rows r0..r1-1 and cols c0..c1-1."""
+    x0, y1 = _xy(r0, c0)
+    x1, y0 = _xy(r1, c1)
+    return box(x0, y0, x1, y1)
+
+
+@pytest.fixture
+def scene_setup(tmp_path: Path) -> dict:
+    """A 128 x 128 px 3-band scene with a nodata corner, RTS squares, a footprint and a 32 px hold-out strip."""
+    rng = np.random.default_rng(42)
+    data = rng.integers(100, 5000, (3, H, W), dtype=np.uint16)
+    data[:, 100:, 100:] = 0  # nodata corner
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=W, height=H, count=3, dtype="uint16", crs=CRS,
+                       transform=TRANSFORM, nodata=0, tiled=True, blockxsize=64, blockysize=64) as dst:
+        dst.write(data)
+        for i, b in enumerate(BANDS, start=1):
+            dst.set_band_description(i, b)
+    rts = [_box_px(10, 10, 20, 20), _box_px(60, 70, 70, 85), _box_px(100, 40, 110, 52), _box_px(40, 5, 50, 25)]
+    labels = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame({"id": range(len(rts))}, geometry=rts, crs=CRS).to_file(labels, layer="rts")
+    footprint = tmp_path / "footprint.geojson"
+    gpd.GeoDataFrame(geometry=[_box_px(0, 0, 120, 128)], crs=CRS).to_file(footprint)  # bottom 8 rows unlabelled
+    holdout = tmp_path / "holdout.geojson"
+    gpd.GeoDataFrame(geometry=[_box_px(0, 0, 128, 32)], crs=CRS).to_file(holdout)  # left 32 columns
+    return {"scene": scene, "labels": labels, "footprint": footprint, "holdout": holdout, "data": data,
+            "out": tmp_path / "chips" / "chips.zarr"}
+
+
+def _make(setup: dict, **overrides) -> dict:
+    kwargs = dict(
+        scenes=[setup["scene"]], bands=BANDS, out_path=setup["out"], labels=setup["labels"],
+        label_footprint=setup["footprint"], holdout=setup["holdout"], unlabelled_scenes=[setup["scene"]],
+        chip_size=SIZE, n_labelled=20, n_unlabelled=10, positive_fraction=0.5, seed=7,
+    )
+    kwargs.update(overrides)
+    return make_chips(**kwargs)
+
+
+def test_store_layout_masks_and_splits(scene_setup: dict) -> None:
+    stats = _make(scene_setup)
+    store = ChipStore(scene_setup["out"])
+    assert store.bands == BANDS and store.chip_size == SIZE
+    assert stats["counts"]["train"] == 20 and store.n_unlabelled == 10
+    # the 32 px hold-out over 120 labelled rows tiles into 4 val chips (the last one flush with row 120)
+    assert stats["counts"]["val"] == 4 and store.n_labelled == 24
+    assert sorted(p.name for p in scene_setup["out"].parent.iterdir()) == ["chips.zarr", "stats.json"]
+    assert json.loads((scene_setup["out"].parent / "stats.json").read_text())["counts"] == stats["counts"]
+
+    images, masks = store.labelled("train")
+    assert images.shape == (20, 3, SIZE, SIZE) and images.dtype == np.uint16
+    assert masks.shape == (20, SIZE, SIZE) and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, 1, IGNORE}
+
+    data = scene_setup["data"]
+    train_entries = [e for e in store.index if e["group"] == "labelled" and e["split"] == "train"]
+    for e, img, mask in zip(train_entries, images, masks):
+        r, c = e["row"], e["col"]
+        assert c >= 32, "a train chip overlaps the hold-out"
+        assert np.array_equal(img, data[:, r : r + SIZE, c : c + SIZE])
+        rows = np.arange(r, r + SIZE)[:, None] + np.zeros((1, SIZE), int)
+        nodata = (img == 0).all(axis=0)
+        outside = rows >= 120
+        assert (mask[nodata | outside] == IGNORE).all()
+        assert not (mask[~(nodata | outside)] == IGNORE).any()
+        assert (mask == IGNORE).mean() <= 0.5
+
+
+def test_val_chips_cover_the_holdout_once(scene_setup: dict) -> None:
+    _make(scene_setup)
+    store = ChipStore(scene_setup["out"])
+    images, masks = store.labelled("val")
+    val_entries = [e for e in store.index if e["split"] == "val"]
+    assert [(e["row"], e["col"]) for e in val_entries] == [(0, 0), (32, 0), (64, 0), (88, 0)]
+    # every labelled hold-out pixel is counted exactly once: 120 rows x 32 cols
+    assert int((masks != IGNORE).sum()) == 120 * 32
+    # RTS in the hold-out: the 10 x 10 square at (10, 10) and the part of (40..50, 5..25) left of col 32
+    assert int((masks == 1).sum()) == 100 + 10 * 20
+
+
+def test_balance_and_determinism(scene_setup: dict) -> None:
+    stats = _make(scene_setup, n_labelled=30, positive_fraction=0.3)
+    assert stats["counts"]["train_positive"] == 9
+    assert stats["positive_chip_fraction"]["train"] == pytest.approx(0.3)
+    index_a = ChipStore(scene_setup["out"]).index
+    _make(scene_setup, n_labelled=30, positive_fraction=0.3)
+    assert ChipStore(scene_setup["out"]).index == index_a
+    _make(scene_setup, n_labelled=30, positive_fraction=0.3, seed=8)
+    assert ChipStore(scene_setup["out"]).index != index_a
+
+
+def test_unlabelled_chips_skip_nodata(scene_setup: dict) -> None:
+    _make(scene_setup, n_unlabelled=40)
+    store = ChipStore(scene_setup["out"])
+    un = store.unlabelled()
+    assert un.shape == (40, 3, SIZE, SIZE)
+    assert ((un != 0).any(axis=1).mean(axis=(1, 2)) >= 0.5).all()
+    entries = [e for e in store.index if e["group"] == "unlabelled"]
+    for e, img in zip(entries, un):
+        assert np.array_equal(img, scene_setup["data"][:, e["row"] : e["row"] + SIZE, e["col"] : e["col"] + SIZE])
+    np.testing.assert_array_equal(store.read_unlabelled([3, 1]), un[[3, 1]])
+
+
+def test_band_mismatch_names_scene_and_band(scene_setup: dict) -> None:
+    with pytest.raises(InputError, match=r"scene\.tif lacks band\(s\) B08"):
+        _make(scene_setup, bands=["B02", "B08"])
+    assert not scene_setup["out"].exists()
+
+
+def test_scene_in_another_utm_zone_is_not_labelled(scene_setup: dict, tmp_path: Path) -> None:
+    far = tmp_path / "far_scene.tif"
+    with rasterio.open(far, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16", crs="EPSG:32652",
+                       transform=Affine(10.0, 0.0, 510_000.0, 0.0, -10.0, 7_976_000.0), nodata=0) as dst:
+        dst.write(np.full((3, 64, 64), 500, dtype=np.uint16))
+        for i, b in enumerate(BANDS, start=1):
+            dst.set_band_description(i, b)
+    stats = _make(scene_setup, scenes=[scene_setup["scene"], far], unlabelled_scenes=[far])
+    assert stats["scenes"]["labelled"] == [str(scene_setup["scene"])]
+    store = ChipStore(scene_setup["out"])
+    assert {e["scene"] for e in store.index if e["group"] == "labelled"} == {"scene.tif"}
+    assert {e["scene"] for e in store.index if e["group"] == "unlabelled"} == {"far_scene.tif"}
+    assert (store.unlabelled() == 500).all()
+
+
+def test_store_errors(tmp_path: Path, scene_setup: dict) -> None:
+    with pytest.raises(InputError, match="not found"):
+        ChipStore(tmp_path / "nothing.zarr")
+    _make(scene_setup, labels=None, n_unlabelled=0)
+    with pytest.raises(InputError, match="holds no chips"):
+        ChipStore(scene_setup["out"])
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs=CRS).to_file(far)
+    with pytest.raises(InputError, match="overlaps the label footprint"):
+        _make(scene_setup, label_footprint=far)
