@@ -16,7 +16,7 @@ if not TRAIN_MODEL:
             train=config["train"],
             bands=config["bands"],
             normalisation=config["normalisation"],
-            out_dir=f"{RESULTS}/model",
+            out_dir=lambda wildcards, output: Path(output.model).parent,
         threads: workflow.cores
         resources:
             gpu=1,
