@@ -1,0 +1,278 @@
+"""Training on a synthetic, learnable task: bright squares (RTS) on noise."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pixeldino import train as train_module
+from pixeldino.errors import TrainingError
+from pixeldino.modelio import load_model, read_metadata
+from pixeldino.normalise import normalise
+from pixeldino.train import (
+    TrainConfig,
+    calibrate_threshold,
+    ema_momentum_at,
+    lr_at,
+    metrics_from_counts,
+    normalise_torch,
+    train,
+    train_from_store,
+)
+
+BANDS = ["B02", "B03", "B04"]
+SIZE = 32
+
+
+def squares(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 noise chips with 1-2 bright squares each; mask 1 on the squares, a 255 ignore border on some."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(500, 1500, size=(n, len(BANDS), size, size)).astype(np.uint16)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        for _ in range(rng.integers(1, 3)):
+            s = int(rng.integers(5, 10))
+            y, x = rng.integers(0, size - s, 2)
+            images[i, :, y : y + s, x : x + s] += 3000
+            masks[i, y : y + s, x : x + s] = 1
+        if i % 4 == 0:
+            masks[i, :, -3:] = 255
+    return images, masks
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy 2-core machine makes OpenMP threads spin; restore after."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    li, lm = squares(48, 0)
+    vi, vm = squares(12, 1)
+    ui, _ = squares(48, 2)
+    return {"labelled_images": li, "labelled_masks": lm, "val_images": vi, "val_masks": vm, "unlabelled_images": ui}
+
+
+def tiny(mode: str, steps: int, **kw: object) -> TrainConfig:
+    base = dict(
+        mode=mode, steps=steps, batch_labelled=8, batch_unlabelled=8, warmup_steps=max(1, steps // 10), width=8,
+        depth=2, n_pseudo_classes=6, val_every=steps, checkpoint_every=steps, log_every=1, seed=0, num_threads=1,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(data: dict[str, np.ndarray], out: Path, config: TrainConfig, **kw: object) -> dict:
+    return train(**data, bands=BANDS, out_dir=out, config=config, progress=False, **kw)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def strip_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Log rows without the wall-clock column, which legitimately differs between runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_supervised_learns_the_squares(data, tmp_path) -> None:
+    metrics = run(data, tmp_path, tiny("supervised", 100, lr=3e-3, val_every=50))
+    assert metrics["val"]["iou"] > 0.5
+    meta = read_metadata(tmp_path / "model.json")
+    assert 0.05 <= meta["threshold"] <= 0.95 and meta["threshold"] == metrics["threshold"]
+    assert meta["bands"] == BANDS and meta["chip_size"] == SIZE and meta["mode"] == "supervised"
+    assert meta["normalisation"] == {"method": "logsigmoid"}
+    assert meta["training"]["steps"] == 100 and meta["metrics"]["exported"] == "student"
+    assert meta["metrics"]["val_at_threshold"]["iou"] >= metrics["val"]["iou"] - 1e-9
+    rows = read_log(tmp_path / "training_log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 101))
+    assert rows[49]["val_iou"] != "" and rows[48]["val_iou"] == ""
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    model, _ = load_model(tmp_path / "model.safetensors")
+    assert model.config.width == 8
+
+
+def test_pixeldino_runs_and_exports_the_teacher(data, tmp_path) -> None:
+    metrics = run(data, tmp_path, tiny("pixeldino", 8))
+    rows = read_log(tmp_path / "training_log.csv")
+    for r in rows:
+        assert math.isfinite(float(r["loss_unlabelled"])) and float(r["loss_unlabelled"]) > 0
+        for monitor in ("usage_entropy", "teacher_entropy", "agreement"):
+            assert 0.0 <= float(r[monitor]) <= 1.0 + 1e-6
+    exported = load_file(str(tmp_path / "model.safetensors"))
+    teacher = load_file(str(tmp_path / "checkpoint" / "teacher.safetensors"))
+    student = load_file(str(tmp_path / "checkpoint" / "student.safetensors"))
+    assert exported.keys() == teacher.keys()
+    assert all(torch.equal(exported[k], teacher[k]) for k in exported)
+    assert not all(torch.equal(exported[k], student[k]) for k in exported)
+    meta = read_metadata(tmp_path / "model.json")
+    assert meta["mode"] == "pixeldino" and meta["metrics"]["exported"] == "teacher"
+    assert meta["training"]["student_temperature"] == 1.0 and "threshold" in meta
+    assert metrics["step"] == 8
+
+
+@pytest.mark.parametrize("mode", ["supervised+aug", "fixmatch"])
+def test_other_modes_run(data, tmp_path, mode) -> None:
+    metrics = run(data, tmp_path, tiny(mode, 4, fixmatch_threshold=[0.6, 0.6]))
+    rows = read_log(tmp_path / "training_log.csv")
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    if mode == "fixmatch":
+        assert all(0.0 <= float(r["confident_fraction"]) <= 1.0 for r in rows)
+    assert metrics["exported"] == ("teacher" if mode == "fixmatch" else "student")
+
+
+def test_same_seed_gives_the_same_loss_curve(data, tmp_path) -> None:
+    curves = []
+    for name in ("a", "b"):
+        run(data, tmp_path / name, tiny("pixeldino", 5))
+        curves.append(strip_seconds(read_log(tmp_path / name / "training_log.csv")))
+    assert curves[0] == curves[1]
+    run(data, tmp_path / "c", tiny("pixeldino", 5, seed=1))
+    other = strip_seconds(read_log(tmp_path / "c" / "training_log.csv"))
+    assert other != curves[0]
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path, monkeypatch) -> None:
+    config = tiny("pixeldino", 6, checkpoint_every=3, val_every=3)
+    run(data, tmp_path / "full", config)
+
+    original = train_module.Trainer.train_step
+
+    def killed_after_3(self):  # the process dies while working on step 4
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", killed_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, tmp_path / "resumed", config)
+    monkeypatch.setattr(train_module.Trainer, "train_step", original)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    run(data, tmp_path / "resumed", config, resume=True)
+
+    for name in ("model.safetensors", "checkpoint/student.safetensors", "checkpoint/optimizer.safetensors"):
+        a = load_file(str(tmp_path / "full" / name))
+        b = load_file(str(tmp_path / "resumed" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6, rtol=0), (name, k)
+    full_log = strip_seconds(read_log(tmp_path / "full" / "training_log.csv"))
+    assert full_log == strip_seconds(read_log(tmp_path / "resumed" / "training_log.csv"))
+
+    with pytest.raises(TrainingError, match="checkpoint has lr"):
+        run(data, tmp_path / "resumed", replace(config, lr=5e-4))
+
+
+def test_no_positive_pixels_is_an_error(data, tmp_path) -> None:
+    bad = dict(data, labelled_masks=np.zeros_like(data["labelled_masks"]))
+    with pytest.raises(TrainingError, match="no RTS pixels"):
+        run(bad, tmp_path, tiny("supervised", 2))
+
+
+def test_input_errors(data, tmp_path) -> None:
+    with pytest.raises(TrainingError, match="no labelled training chips"):
+        empty = dict(data, labelled_images=data["labelled_images"][:0], labelled_masks=data["labelled_masks"][:0])
+        run(empty, tmp_path, tiny("supervised", 2))
+    with pytest.raises(TrainingError, match="needs unlabelled chips"):
+        run(dict(data, unlabelled_images=None), tmp_path, tiny("pixeldino", 2))
+    masks = data["labelled_masks"].copy()
+    masks[0, 0, 0] = 7
+    with pytest.raises(TrainingError, match="only 0, 1 and 255"):
+        run(dict(data, labelled_masks=masks), tmp_path, tiny("supervised", 2))
+    with pytest.raises(TrainingError, match="multiple of 64"):
+        run(data, tmp_path, tiny("supervised", 2, depth=6))
+    with pytest.raises(TrainingError, match="is not one of"):
+        run(data, tmp_path, tiny("dino", 2))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch) -> None:
+    original = train_module.labelled_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(train_module, "labelled_loss", poisoned)
+    with pytest.raises(TrainingError) as info:
+        run(data, tmp_path, tiny("supervised", 10, checkpoint_every=2))
+    message = str(info.value)
+    assert "step 5" in message and "lower train.lr" in message and "\n" not in message
+    state = (tmp_path / "checkpoint" / "state.json").read_text()
+    assert '"step": 4' in state
+    student = load_file(str(tmp_path / "checkpoint" / "student.safetensors"))
+    assert all(torch.isfinite(v.double()).all() for v in student.values())
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_train_from_store_checks_bands_and_emptiness(data, tmp_path, monkeypatch) -> None:
+    class FakeStore:
+        def __init__(self, path, empty: bool = False) -> None:
+            self.bands = BANDS
+            self.chip_size = SIZE
+            self.empty = Path(path).name == "empty"
+
+        def labelled(self, split: str = "train"):
+            if self.empty or split == "val":
+                return data["labelled_images"][:0], data["labelled_masks"][:0]
+            return data["labelled_images"], data["labelled_masks"]
+
+        def unlabelled(self):
+            return data["unlabelled_images"]
+
+    monkeypatch.setitem(sys.modules, "pixeldino.chip", types.SimpleNamespace(ChipStore=FakeStore))
+    with pytest.raises(TrainingError, match="expects B02, B03, B08"):
+        train_from_store(tmp_path / "store", tmp_path / "out", tiny("supervised", 2), bands=["B02", "B03", "B08"])
+    with pytest.raises(TrainingError, match="no labelled training chips"):
+        train_from_store(tmp_path / "empty", tmp_path / "out", tiny("supervised", 2))
+    metrics = train_from_store(tmp_path / "store", tmp_path / "out", tiny("pixeldino", 2), bands=BANDS, progress=False)
+    assert metrics["val"] is None and metrics["threshold"] == 0.5
+
+
+def test_zscore_statistics_are_computed_and_stored(data, tmp_path) -> None:
+    run(data, tmp_path, tiny("supervised", 2, normalisation={"method": "zscore"}))
+    spec = read_metadata(tmp_path / "model.json")["normalisation"]
+    assert spec["method"] == "zscore" and len(spec["center"]) == len(BANDS) and all(s > 0 for s in spec["scale"])
+
+
+SPECS = [
+    {"method": "logsigmoid"},
+    {"method": "scale", "factor": 1e-4},
+    {"method": "zscore", "center": [1000, 900, 800], "scale": [300, 200, 100]},
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_torch_normalisation_matches_numpy(spec) -> None:
+    dn = np.random.default_rng(0).integers(1, 12000, size=(2, 3, 8, 8)).astype(np.uint16)
+    ours = normalise_torch(torch.from_numpy(dn).float(), spec).numpy()
+    np.testing.assert_allclose(ours, normalise(dn, spec, band_axis=1), rtol=1e-5, atol=1e-6)
+    dn[:, :, 0, 0] = 0
+    assert (normalise_torch(torch.from_numpy(dn).float(), spec)[:, :, 0, 0] == 0).all()
+
+
+def test_schedules_and_threshold_calibration() -> None:
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3)
+    assert lr_at(5, cfg) == pytest.approx(5e-4) and lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, cfg) == pytest.approx(4e-5)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+    assert ema_momentum_at(0, cfg) == pytest.approx(0.996) and ema_momentum_at(100, cfg) == pytest.approx(1.0)
+    counts = np.array([[10, 10, 0]] * 19, dtype=float)
+    counts[12] = [10, 1, 1]  # threshold 0.65
+    assert calibrate_threshold(counts) == 0.65
+    assert calibrate_threshold(np.zeros((19, 3))) == 0.5
+    assert math.isnan(metrics_from_counts(0, 0, 0)["iou"])
