@@ -17,13 +17,18 @@ Sampling rules, chosen so validation numbers are honest:
 * train windows lie mostly (>= half of their pixels) inside the label footprint, and about ``positive_fraction``
   of them contain RTS, because slumps cover well under 1 % of the land and uniform sampling would starve the
   RTS class;
-* unlabelled chips are random windows from the unlabelled scenes, skipping windows that are mostly nodata.
+* unlabelled chips are random windows from the unlabelled scenes, skipping windows that are mostly nodata;
+* when a scene has a quality mask (``<scene>_mask.tif`` from the SCL, see :mod:`pixeldino.quality`), pixels it
+  flags (invalid, cloud, shadow, snow, water) are set to ignore in labelled chips, and unlabelled windows count
+  only clear pixels as valid, so mostly-bad windows are skipped; scenes whose sidecar says ``skipped`` (no valid
+  or no clear pixel) are left out with a warning.
 
 Everything is drawn from one seeded :class:`numpy.random.Generator`: the same inputs and seed give the same store.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -46,6 +51,9 @@ from pixeldino.bands import canonical_band, canonical_bands
 from pixeldino.errors import ConfigError, InputError
 from pixeldino.io import atomic_output, write_json
 from pixeldino.labels import IGNORE, burn, read_labels, rasterize_labels
+from pixeldino.quality import INVALID, find_quality_mask, is_skipped
+
+log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 SPLITS = {"train": 0, "val": 1}
@@ -70,6 +78,7 @@ class _Scene:
     transform: Affine
     height: int
     width: int
+    mask_path: Path | None = None  # quality mask on the same grid (0 = clear), if the scene has one
 
     @property
     def bounds_geom(self) -> shapely.Geometry:
@@ -154,9 +163,52 @@ def _open_scene(path: str | os.PathLike[str], bands: list[str]) -> _Scene:
         with rasterio.open(p) as ds:
             if ds.crs is None:
                 raise InputError(f"scene {p} has no CRS; re-create it with `pixeldino fetch`")
-            return _Scene(p, scene_band_indexes(p, ds.descriptions, bands), ds.crs, ds.transform, ds.height, ds.width)
+            scene = _Scene(p, scene_band_indexes(p, ds.descriptions, bands), ds.crs, ds.transform, ds.height,
+                           ds.width)
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"cannot read scene {p} ({exc}); the file is corrupt: fetch it again") from exc
+    scene.mask_path = _check_quality_mask(scene)
+    return scene
+
+
+def _check_quality_mask(scene: _Scene) -> Path | None:
+    """The scene's quality mask, checked to lie on the scene's grid; None when the scene has none."""
+    path = find_quality_mask(scene.path)
+    if path is None:
+        return None
+    try:
+        with rasterio.open(path) as ds:
+            same = ds.crs == scene.crs and ds.transform == scene.transform and ds.shape == (scene.height, scene.width)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"cannot read quality mask {path} ({exc}); the file is corrupt: fetch the scene again") from exc
+    if not same:
+        raise InputError(
+            f"quality mask {path} is not on the grid of scene {scene.path}; fetch the scene again "
+            "(scene and mask must come from the same fetch)"
+        )
+    return path
+
+
+def _usable(paths: Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """The scenes not marked ``skipped`` by the fetch (no valid or no clear pixel); warns about the others."""
+    keep = []
+    for p in paths:
+        if is_skipped(p):
+            log.warning("scene %s is marked skipped in its sidecar (no usable pixel); no chips from it", p)
+        else:
+            keep.append(p)
+    return keep
+
+
+def _read_quality(ds: rasterio.DatasetReader | None, scene: _Scene, row: int, col: int, size: int) -> np.ndarray:
+    """The (S, S) quality-mask chip (0 = clear); all clear when the scene has no mask, INVALID outside the scene."""
+    if ds is None:
+        return np.zeros((size, size), dtype=np.uint8)
+    window = Window(col, row, size, size)
+    inside = row >= 0 and col >= 0 and row + size <= scene.height and col + size <= scene.width
+    if inside:
+        return ds.read(1, window=window)
+    return ds.read(1, window=window, boundless=True, fill_value=INVALID)
 
 
 def _read_chip(ds: rasterio.DatasetReader, scene: _Scene, row: int, col: int, size: int) -> np.ndarray:
@@ -339,8 +391,8 @@ def make_chips(
     size = chip_size
     rng = np.random.default_rng(seed)
     out = Path(out_path)
-    labelled_scenes = [_open_scene(p, band_list) for p in scenes]
-    unlab_scenes = [_open_scene(p, band_list) for p in unlabelled_scenes]
+    labelled_scenes = [_open_scene(p, band_list) for p in _usable(scenes)]
+    unlab_scenes = [_open_scene(p, band_list) for p in _usable(unlabelled_scenes)]
     for path in (labels, label_footprint, holdout):
         if path is not None and not Path(path).exists():
             raise InputError(f"{path} not found; check the labels/footprint/holdout paths in your config")
@@ -375,7 +427,7 @@ def make_chips(
     index: list[dict[str, Any]] = []
     stats_acc = _Stats()
     counts = {"train": 0, "val": 0, "train_positive": 0, "val_positive": 0, "unlabelled": 0,
-              "skipped_nodata": 0}
+              "skipped_nodata": 0, "skipped_quality": 0}
     pixel_counts = {"train": [0, 0], "val": [0, 0]}  # [rts pixels, labelled pixels]
     with atomic_output(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
@@ -390,6 +442,7 @@ def make_chips(
         )
         splits = np.zeros(n_lab_max, dtype=np.uint8)
         datasets = [rasterio.open(s.path) for s in labelled_scenes]
+        qdatasets = [rasterio.open(s.mask_path) if s.mask_path else None for s in labelled_scenes]
         val_seen = [np.zeros(lw.labels.shape, dtype=bool) for lw in windows]
         try:
             n_written = 0
@@ -400,15 +453,16 @@ def make_chips(
                 scene = labelled_scenes[lw.scene]
                 image = _read_chip(datasets[lw.scene], scene, lw.row_off + r, lw.col_off + c, size)
                 valid = (image != NODATA).any(axis=0)
+                clear = _read_quality(qdatasets[lw.scene], scene, lw.row_off + r, lw.col_off + c, size) == 0
                 mask = lw.labels[r : r + size, c : c + size].copy()
                 if split == "val":
                     # count each hold-out pixel once, although the last tile in a row/column overlaps its neighbour
                     mask[~lw.holdout[r : r + size, c : c + size] | val_seen[w_idx][r : r + size, c : c + size]] = IGNORE
-                mask[~valid] = IGNORE
+                mask[~valid | ~clear] = IGNORE  # nodata, and cloud/shadow/snow/water/invalid per the mask
                 labelled = mask != IGNORE
                 threshold = MIN_VALID_FRACTION * size * size if split == "train" else 1
                 if labelled.sum() < threshold:
-                    counts["skipped_nodata"] += 1
+                    counts["skipped_nodata" if clear.all() else "skipped_quality"] += 1
                     return False
                 if split == "val":
                     val_seen[w_idx][r : r + size, c : c + size] |= labelled
@@ -451,8 +505,9 @@ def make_chips(
                     tries += 1
                     got += emit(w_idx, r, c, "train")
         finally:
-            for ds in datasets:
-                ds.close()
+            for ds in [*datasets, *qdatasets]:
+                if ds is not None:
+                    ds.close()
         img_arr.resize((n_written, n_bands, size, size))
         mask_arr.resize((n_written, size, size))
         split_arr = root.create_array("labelled/split", shape=(n_written,), chunks=(max(1, n_written),),
@@ -469,6 +524,7 @@ def make_chips(
         if unlab_scenes and n_unlabelled:
             areas = np.array([s.height * s.width for s in unlab_scenes], dtype=np.float64)
             udatasets = [rasterio.open(s.path) for s in unlab_scenes]
+            uqdatasets = [rasterio.open(s.mask_path) if s.mask_path else None for s in unlab_scenes]
             try:
                 tries = 0
                 while n_un < n_unlabelled and tries < 50 * n_unlabelled + 100:
@@ -482,18 +538,23 @@ def make_chips(
                     if valid.mean() < MIN_VALID_FRACTION:
                         counts["skipped_nodata"] += 1
                         continue
+                    valid &= _read_quality(uqdatasets[k], scene, r, c, size) == 0
+                    if valid.mean() < MIN_VALID_FRACTION:  # mostly cloud, shadow, snow or water
+                        counts["skipped_quality"] += 1
+                        continue
                     un_arr[n_un] = image
                     stats_acc.add(image, valid, rng)
                     index.append({"group": "unlabelled", "i": n_un, "scene": scene.path.name, "row": r, "col": c,
                                   "split": "unlabelled", "label_fraction": None})
                     n_un += 1
             finally:
-                for ds in udatasets:
-                    ds.close()
+                for ds in [*udatasets, *uqdatasets]:
+                    if ds is not None:
+                        ds.close()
             if n_un == 0:
                 raise InputError(
                     f"all sampled windows of the unlabelled scenes ({', '.join(s.path.name for s in unlab_scenes)}) "
-                    "are mostly nodata; check those scenes or choose others"
+                    "are mostly nodata or flagged by the quality mask; check those scenes or choose others"
                 )
             un_arr.resize((n_un, n_bands, size, size))
         counts["unlabelled"] = n_un

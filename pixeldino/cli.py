@@ -1,6 +1,7 @@
 """The ``pixeldino`` command: one verb per pipeline stage, the same functions the Snakemake workflow calls.
 
     pixeldino search  --catalog resources/demo/stac/catalog.json --aoi aoi.gpkg --out manifest.json
+    pixeldino search  --provider earth-search --aoi=-136,67.9,-135.5,68.2 --years 2021 2023 --out manifest.json
     pixeldino fetch   --manifest manifest.json --out-dir scenes/
     pixeldino chip    --scenes scenes/*.tif --labels rts.gpkg --footprint aoi.geojson --out chips.zarr
     pixeldino train   --chips chips.zarr --out-dir model/
@@ -34,29 +35,48 @@ DEFAULT_BANDS = "B02,B03,B04,B05,B06,B07,B08"
 
 
 # ---------------------------------------------------------------- handlers (heavy imports stay inside)
+def _aoi(value: str | None) -> str | list[float] | None:
+    """``--aoi``: a vector file, ``circumpolar``, or ``W,S,E,N`` in degrees."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    if len(parts) == 4:
+        try:
+            return [float(v) for v in parts]
+        except ValueError:
+            pass
+    return value
+
+
 def cmd_search(a: argparse.Namespace) -> None:
     from pixeldino.search import search_scenes, write_manifest
 
     manifest = search_scenes(
         a.catalog,
+        provider=a.provider,
         collection=a.collection,
-        aoi=a.aoi,
+        aoi=_aoi(a.aoi),
         tiles=a.tiles or None,
         datetime=a.datetime,
+        years=a.years or None,
+        months=a.months,
         max_cloud_cover=a.max_cloud_cover,
+        max_snow_cover=a.max_snow_cover,
         max_scenes_per_tile=a.max_scenes_per_tile,
         bands=a.bands,
     )
     write_manifest(manifest, a.out)
     for scene in manifest["scenes"]:
-        print(f"{scene['id']}\t{scene['tile']}\t{scene['datetime']}\tcloud {scene['cloud_cover']}")
+        print(f"{scene['id']}\t{scene['tile']}\t{scene['datetime']}\tcloud {scene['cloud_cover']}\t"
+              f"clear {scene['clear_fraction']:.2f}")
 
 
 def cmd_fetch(a: argparse.Namespace) -> None:
-    from pixeldino.fetch import fetch_scene
-    from pixeldino.io import read_json
+    from pixeldino.fetch import composite_scenes, fetch_scene
+    from pixeldino.search import read_manifest
 
-    scenes = read_json(a.manifest)["scenes"]
+    manifest = read_manifest(a.manifest)
+    scenes = manifest["scenes"]
     if a.scene:
         scenes = [s for s in scenes if s["id"] in set(a.scene)]
         missing = set(a.scene) - {s["id"] for s in scenes}
@@ -64,13 +84,22 @@ def cmd_fetch(a: argparse.Namespace) -> None:
             from pixeldino.errors import InputError
 
             raise InputError(f"{a.manifest}: no scene(s) {sorted(missing)} in the manifest")
+    provider = (manifest.get("provider") or {}).get("name")
+    per_tile: dict[str, list[Path]] = {}
     for scene in scenes:
         out = Path(a.out_dir) / f"{scene['id']}.tif"
+        per_tile.setdefault(scene["tile"], []).append(out)
         if out.exists() and out.with_suffix(".json").exists() and not a.overwrite:
             print(f"{out} exists, skipped (use --overwrite to fetch again)")
             continue
-        fetch_scene(scene, a.bands, out, aoi=a.aoi, resolution=a.resolution)
+        fetch_scene(
+            {"provider": provider, **scene}, a.bands, out, aoi=_aoi(a.aoi), resolution=a.resolution,
+            harmonize=not a.no_harmonize, quality_mask=not a.no_mask,
+        )
         print(out)
+    if a.composite != "none":
+        for tile, paths in sorted(per_tile.items()):
+            print(composite_scenes(paths, Path(a.out_dir) / "composites" / f"{tile}.tif", method=a.composite))
 
 
 def cmd_chip(a: argparse.Namespace) -> None:
@@ -182,12 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = verb("search", cmd_search, "Search a STAC catalog or API for Sentinel-2 scenes; write a scene manifest.")
-    p.add_argument("--catalog", required=True, help="local static catalog.json or STAC API URL")
-    p.add_argument("--collection", default="sentinel-2-l1c")
-    p.add_argument("--aoi", help="area of interest (vector file)")
+    p.add_argument("--provider", choices=["local", "earth-search", "planetary-computer", "cdse", "custom"],
+                   help="scene provider (default: local for a path, custom for a URL, earth-search without --catalog)")
+    p.add_argument("--catalog", help="local static catalog.json (provider local) or STAC API URL (provider custom)")
+    p.add_argument("--collection", help="collection id (default: the provider's, e.g. sentinel-2-l2a)")
+    p.add_argument("--aoi", help="area of interest: vector file, 'W,S,E,N' in degrees, or 'circumpolar'")
     p.add_argument("--tiles", nargs="*", default=[], help="MGRS tiles, e.g. 08WMA")
     p.add_argument("--datetime", default="2021-07-01/2021-08-31", help="date range START/END")
+    p.add_argument("--years", type=int, nargs="*", default=[], help="search --months of these years instead")
+    p.add_argument("--months", type=int, nargs="+", default=[7, 8], help="months of the season (with --years)")
     p.add_argument("--max-cloud-cover", type=float, default=20.0, help="percent")
+    p.add_argument("--max-snow-cover", type=float, default=100.0, help="percent")
     p.add_argument("--max-scenes-per-tile", type=int, default=1)
     p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS, help="comma-separated band ids")
     p.add_argument("--out", required=True, help="manifest JSON to write")
@@ -196,8 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--scene", nargs="*", help="only these scene ids (default: all)")
     p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS)
-    p.add_argument("--aoi", help="clip to this area of interest")
+    p.add_argument("--aoi", help="clip to this area of interest (vector file or 'W,S,E,N')")
     p.add_argument("--resolution", type=float, default=10.0, help="metres")
+    p.add_argument("--no-harmonize", action="store_true", help="keep the baseline >= 04.00 offset in the DN")
+    p.add_argument("--no-mask", action="store_true", help="do not write the SCL quality mask")
+    p.add_argument("--composite", choices=["none", "median"], default="none",
+                   help="also write a per-tile median composite to OUT_DIR/composites/")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--overwrite", action="store_true")
 

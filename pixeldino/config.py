@@ -104,9 +104,11 @@ def _is_url(path: str) -> bool:
 
 def check_input_files(config: dict[str, Any], *, source: str = "config") -> None:
     """Fail early, with the config key in the message, when a named input file does not exist."""
+    aoi = config["search"]["aoi"]  # a file, or a bbox list, or the keyword "circumpolar"
+    catalog = config["stac"]["catalog"] if config["stac"].get("provider", "local") in ("local", "custom") else None
     named: list[tuple[str, str | None]] = [
-        ("stac.catalog", config["stac"]["catalog"]),
-        ("search.aoi", config["search"]["aoi"]),
+        ("stac.catalog", catalog),
+        ("search.aoi", aoi if isinstance(aoi, str) and aoi != "circumpolar" else None),
         ("labels.file", config["labels"]["file"]),
         ("labels.footprint", config["labels"]["footprint"]),
         ("labels.holdout", config["labels"]["holdout"]),

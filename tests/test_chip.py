@@ -163,3 +163,48 @@ def test_store_errors(tmp_path: Path, scene_setup: dict) -> None:
     gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs=CRS).to_file(far)
     with pytest.raises(InputError, match="overlaps the label footprint"):
         _make(scene_setup, label_footprint=far)
+
+
+def _write_mask(scene: Path, mask: np.ndarray) -> Path:
+    path = scene.with_name(scene.stem + "_mask.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint8", crs=CRS,
+                       transform=TRANSFORM) as dst:
+        dst.write(mask, 1)
+    return path
+
+
+def test_quality_mask_ignores_flagged_pixels_and_skips_bad_unlabelled_windows(scene_setup: dict) -> None:
+    mask = np.zeros((H, W), dtype=np.uint8)
+    mask[:, 64:] = 2  # the right half is cloud
+    _write_mask(scene_setup["scene"], mask)
+    stats = _make(scene_setup, n_unlabelled=20)
+    store = ChipStore(scene_setup["out"])
+    for e in store.index:
+        if e["group"] == "labelled":
+            _, m = store.read_labelled([e["i"]])
+            cols = np.arange(e["col"], e["col"] + SIZE)
+            assert (m[0][:, cols >= 64] == IGNORE).all()
+    for e in (e for e in store.index if e["group"] == "unlabelled"):
+        assert e["col"] + SIZE / 2 <= 64, "an unlabelled chip that is mostly cloud was kept"
+    assert stats["counts"]["skipped_quality"] > 0
+
+
+def test_mask_on_another_grid_is_an_error(scene_setup: dict) -> None:
+    path = scene_setup["scene"].with_name("scene_mask.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=W // 2, height=H // 2, count=1, dtype="uint8", crs=CRS,
+                       transform=Affine(20.0, 0.0, X0, 0.0, -20.0, Y0)) as dst:
+        dst.write(np.zeros((H // 2, W // 2), np.uint8), 1)
+    with pytest.raises(InputError, match="not on the grid of scene"):
+        _make(scene_setup)
+
+
+def test_skipped_scene_is_left_out(scene_setup: dict, tmp_path: Path) -> None:
+    far = tmp_path / "cloudy.tif"
+    with rasterio.open(far, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16", crs=CRS,
+                       transform=TRANSFORM, nodata=0) as dst:
+        dst.write(np.full((3, 64, 64), 700, dtype=np.uint16))
+        for i, b in enumerate(BANDS, start=1):
+            dst.set_band_description(i, b)
+    far.with_suffix(".json").write_text(json.dumps({"skipped": True, "quality_mask": None}))
+    stats = _make(scene_setup, unlabelled_scenes=[scene_setup["scene"], far])
+    assert stats["scenes"]["unlabelled"] == [str(scene_setup["scene"])]

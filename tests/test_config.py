@@ -74,3 +74,53 @@ def test_load_config_reports_bad_yaml(tmp_path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
     assert yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["run"] == "demo"
+
+
+def test_stac_search_fetch_defaults_stay_backward_compatible() -> None:
+    cfg = validate_config({}, check_files=False)
+    assert cfg["stac"] == {"provider": "local", "catalog": "resources/demo/stac/catalog.json", "collection": None}
+    assert cfg["search"]["datetime"] == "2021-07-01/2021-08-31" and cfg["search"]["years"] == []
+    assert cfg["search"]["months"] == [7, 8] and cfg["search"]["max_snow_cover"] == 100
+    assert cfg["fetch"]["harmonize"] is True and cfg["fetch"]["quality_mask"] is True
+    assert cfg["fetch"]["composite"] == "none" and cfg["fetch"]["clip_to_aoi"] is False
+    demo = load_config(ROOT / "config" / "config.yaml")
+    assert demo["stac"]["provider"] == "local" and demo["stac"]["collection"] == "sentinel-2-l1c"
+
+
+def test_real_run_settings_validate() -> None:
+    cfg = validate_config(
+        {"stac": {"provider": "earth-search"},
+         "search": {"aoi": [-136.0, 67.9, -135.5, 68.2], "years": [2021, 2023], "months": [7, 8],
+                    "max_cloud_cover": 10, "max_snow_cover": 5},
+         "fetch": {"harmonize": True, "composite": "median"}},
+        check_files=False,
+    )
+    assert cfg["search"]["aoi"] == [-136.0, 67.9, -135.5, 68.2] and cfg["stac"]["collection"] is None
+    assert validate_config({"search": {"aoi": "circumpolar"}}, check_files=False)["search"]["aoi"] == "circumpolar"
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"stac": {"provider": "sentinel-hub"}}, "stac.provider: 'sentinel-hub' is not one of"),
+        ({"search": {"months": [13]}}, "search.months.0: 13 is greater than the maximum of 12"),
+        ({"search": {"max_snow_cover": 120}}, "search.max_snow_cover: 120 is greater than the maximum of 100"),
+        ({"fetch": {"composite": "mean"}}, "fetch.composite: 'mean' is not one of"),
+        ({"search": {"aoi": [1, 2, 3]}}, "search.aoi"),
+    ],
+)
+def test_invalid_stac_search_fetch_values(patch: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config(copy.deepcopy(patch), source="my.yaml", check_files=False)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("aoi", [[-140.0, 68.0, -135.0, 70.0], "circumpolar"])
+def test_non_file_aois_pass_the_file_check(aoi) -> None:
+    cfg = validate_config({"search": {"aoi": aoi}}, check_files=False)
+    from pixeldino.config import check_input_files
+
+    cfg["labels"]["file"] = None
+    cfg["train"]["model"] = None
+    with pytest.raises(ConfigError, match="training needs labels"):
+        check_input_files(cfg)  # the AOI itself is not looked up as a file

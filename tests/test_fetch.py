@@ -159,3 +159,124 @@ def test_multi_site_aoi_keeps_the_part_near_the_scene(tmp_path: Path) -> None:
         assert ds.shape == (251, 251) and ds.transform.c == 470890.0
     with pytest.raises(InputError, match="does not overlap scene S2_08WMA_20210821"):
         fetch_scene(scene, ["B04"], tmp_path / "none.tif", aoi=box(10, 50, 11, 51))
+
+
+# ------------------------------------------------------------------ L2A: harmonisation, SCL mask, skipped scenes
+from pixeldino.fetch import composite_scenes, fetch_manifest, harmonization_offset, harmonize_dn  # noqa: E402
+from pixeldino.quality import CLEAR, CLOUD, INVALID, SNOW, WATER, find_quality_mask, is_skipped  # noqa: E402
+
+
+def _l2a_scene(tmp_path: Path, name: str = "L2A", *, scl_value: int | None = None, b04_value: int | None = None,
+               baseline: str = "05.09") -> dict:
+    """A 40 x 40 px (10 m) L2A-like scene: B04 with the +1000 DN offset, and a 20 m SCL with four classes."""
+    t10 = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 7_500_400.0)
+    t20 = Affine(20.0, 0.0, 500_000.0, 0.0, -20.0, 7_500_400.0)
+    b04 = np.full((40, 40), 1500, dtype=np.uint16) if b04_value is None else np.full((40, 40), b04_value, np.uint16)
+    if b04_value is None:
+        b04[0, 0] = 900  # darker than the offset: must stay valid (1), not become nodata
+        b04[-1, -1] = 0  # nodata stays nodata
+    scl = np.full((20, 20), 4, dtype=np.uint8)  # vegetation
+    scl[:10, :10] = 9  # cloud
+    scl[10:, :10] = 11  # snow
+    scl[:10, 10:] = 6  # water
+    if scl_value is not None:
+        scl[:] = scl_value
+    folder = tmp_path / name
+    folder.mkdir()
+    with rasterio.open(folder / "SCL.tif", "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8",
+                       crs="EPSG:32608", transform=t20, nodata=0) as dst:
+        dst.write(scl, 1)
+    return {
+        "id": f"S2_08WMA_{name}", "tile": "08WMA", "datetime": "2023-07-01T21:00:00+00:00", "crs": "EPSG:32608",
+        "processing_baseline": baseline, "product_level": "L2A", "boa_offset_applied": None,
+        "assets": {"B04": _write_band(folder / "B04.tif", b04, t10)}, "mask_asset": str(folder / "SCL.tif"),
+    }
+
+
+def test_harmonization_offset_rules() -> None:
+    assert harmonization_offset({"processing_baseline": "04.00"}) == (-1000, "processing baseline 04.00 >= 04.00")
+    assert harmonization_offset({"processing_baseline": "03.01"})[0] == 0
+    assert harmonization_offset({"processing_baseline": "05.09"}, harmonize=False)[0] == 0
+    assert harmonization_offset({"processing_baseline": "05.09", "boa_offset_applied": True})[0] == 0
+    assert harmonization_offset({"datetime": "2022-01-25T10:00:00Z"})[0] == -1000
+    assert harmonization_offset({"datetime": "2021-08-21T21:00:19+00:00"})[0] == 0
+    out = harmonize_dn(np.array([0, 1, 999, 1000, 1001, 65535], dtype=np.uint16), -1000)
+    assert out.tolist() == [0, 1, 1, 1, 1, 64535]
+
+
+def test_l2a_fetch_harmonises_and_writes_quality_mask(tmp_path: Path) -> None:
+    scene = _l2a_scene(tmp_path)
+    out = fetch_scene(scene, ["B04"], tmp_path / "out" / "scene.tif")
+    with rasterio.open(out) as ds:
+        assert ds.count == 1 and ds.descriptions == ("B04",) and ds.dtypes[0] == "uint16"
+        b04 = ds.read(1)
+        grid = (ds.crs, ds.transform, ds.shape)
+    assert b04[5, 5] == 500 and b04[0, 0] == 1 and b04[-1, -1] == 0
+    mask_path = find_quality_mask(out)
+    assert mask_path == tmp_path / "out" / "scene_mask.tif"
+    with rasterio.open(mask_path) as ms:
+        assert (ms.crs, ms.transform, ms.shape) == grid and ms.dtypes[0] == "uint8"
+        mask = ms.read(1)
+    assert mask[5, 5] == CLOUD and mask[30, 5] == SNOW and mask[5, 30] == WATER and mask[30, 30] == CLEAR
+    assert mask[-1, -1] == INVALID  # no reflectance -> invalid, whatever SCL says
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["offset_applied"] == -1000 and side["harmonized"] and "05.09" in side["offset_reason"]
+    assert side["quality_mask"] == "scene_mask.tif" and side["mask_href"] == scene["mask_asset"]
+    assert side["skipped"] is False and side["clear_fraction"] == pytest.approx(0.25 - 1 / 1600)
+    assert side["quality_fractions"]["cloud"] == pytest.approx(0.25)
+    # without harmonisation the DN stay as delivered, and no mask when not asked for
+    raw = fetch_scene(scene, ["B04"], tmp_path / "raw" / "scene.tif", harmonize=False, quality_mask=False)
+    with rasterio.open(raw) as ds:
+        assert ds.read(1)[5, 5] == 1500
+    assert find_quality_mask(raw) is None
+    assert json.loads(raw.with_suffix(".json").read_text())["quality_mask_note"].startswith("not requested")
+
+
+@needs_demo
+def test_l1c_demo_has_no_mask_and_says_so(tmp_path: Path) -> None:
+    scene = search_scenes(CATALOG, tiles=["08WMA"], bands=["B04"])["scenes"][0]
+    out = fetch_scene(scene, ["B04"], tmp_path / "peel.tif")
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["quality_mask"] is None and side["quality_mask_note"] == "no SCL asset (L1C)"
+    assert side["offset_applied"] == 0 and not (tmp_path / "peel_mask.tif").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"scl_value": 9}, "no clear pixel"),
+    ({"b04_value": 0}, "no valid pixel"),
+])
+def test_all_cloud_or_all_nodata_scene_is_written_but_skipped(tmp_path: Path, kwargs: dict, reason: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    scene = _l2a_scene(tmp_path, **kwargs)
+    out = fetch_scene(scene, ["B04"], tmp_path / "out" / "scene.tif")
+    assert out.exists() and is_skipped(out)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["skipped"] is True and reason in side["skip_reason"]
+    assert any("marked skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_skips_finished_scenes_and_refetches_changed_requests(tmp_path: Path) -> None:
+    scene = _l2a_scene(tmp_path)
+    out = fetch_scene(scene, ["B04"], tmp_path / "out" / "scene.tif")
+    stamp = out.stat().st_mtime_ns
+    Path(scene["assets"]["B04"]).unlink()  # a second fetch would fail: it must not read anything
+    assert fetch_scene(scene, ["B04"], out, overwrite=False) == out and out.stat().st_mtime_ns == stamp
+    with pytest.raises(InputError, match="band B04"):  # other settings: fetched again (and the source is gone)
+        fetch_scene(scene, ["B04"], out, overwrite=False, harmonize=False)
+    manifest = {"provider": {"name": "local"}, "scenes": [scene]}
+    with pytest.raises(InputError, match="no scene"):
+        fetch_manifest(manifest, ["B04"], tmp_path / "out", scene_ids=["nope"])
+
+
+def test_median_composite_uses_clear_pixels_only(tmp_path: Path) -> None:
+    a = fetch_scene(_l2a_scene(tmp_path, "A", b04_value=1100), ["B04"], tmp_path / "s" / "a.tif")
+    b = fetch_scene(_l2a_scene(tmp_path, "B", b04_value=1300, scl_value=4), ["B04"], tmp_path / "s" / "b.tif")
+    c = fetch_scene(_l2a_scene(tmp_path, "C", b04_value=1500, scl_value=4), ["B04"], tmp_path / "s" / "c.tif")
+    out = composite_scenes([a, b, c], tmp_path / "composite.tif")
+    with rasterio.open(out) as ds:
+        comp = ds.read(1)
+        assert ds.descriptions == ("B04",)
+    assert comp[30, 30] == 300  # clear in all three: median of 100, 300, 500
+    assert comp[5, 5] == 400  # cloud in A: median of 300 and 500
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["scenes"] == ["a.tif", "b.tif", "c.tif"]

@@ -135,3 +135,102 @@ def test_tile_names() -> None:
     assert normalise_tile("t8wma") == "08WMA"
     item = pystac.Item("S2B_52WEE_20210721_0_L1C", None, None, dt.datetime(2021, 7, 21), {})
     assert item_tile(item) == "52WEE"
+
+
+def _l2a_item(item_id: str, tile: str, day: int, root: Path, *, month: int = 7, year: int = 2023, cloud: float = 5.0,
+              snow: float | None = None, nodata: float | None = None, epsg: int = 32608,
+              bands: tuple[str, ...] = ("B04", "B08"), scl: bool = True) -> pystac.Item:
+    """An item shaped like Earth Search's sentinel-2-l2a (common-name keys, SCL asset)."""
+    props = {"eo:cloud_cover": cloud, "grid:code": f"MGRS-{tile}", "proj:epsg": epsg,
+             "s2:processing_baseline": "05.09", "s2:product_type": "S2MSI2A"}
+    if snow is not None:
+        props["s2:snow_ice_percentage"] = snow
+    if nodata is not None:
+        props["s2:nodata_pixel_percentage"] = nodata
+    item = pystac.Item(id=item_id, geometry=mapping(box(-135.7, 68.0, -135.6, 68.1)), bbox=[-135.7, 68.0, -135.6, 68.1],
+                       datetime=dt.datetime(year, month, day, 21, tzinfo=dt.timezone.utc), properties=props,
+                       collection="sentinel-2-l2a")
+    keys = {"B04": "red", "B08": "nir", "B11": "swir16"}
+    for band in bands:
+        item.add_asset(keys[band], pystac.Asset(str(root / f"{item_id}_{band}.tif"), media_type=pystac.MediaType.COG,
+                                                roles=["data"]))
+    if scl:
+        item.add_asset("scl", pystac.Asset(str(root / f"{item_id}_SCL.tif"), media_type=pystac.MediaType.COG,
+                                           roles=["data"]))
+    return item
+
+
+def _catalog(tmp_path: Path, items: list[pystac.Item]) -> Path:
+    catalog = pystac.Catalog("l2a", "synthetic L2A")
+    for item in items:
+        catalog.add_item(item)
+    catalog.normalize_and_save(str(tmp_path / "stac"), pystac.CatalogType.SELF_CONTAINED)
+    return tmp_path / "stac" / "catalog.json"
+
+
+def test_clear_land_ranking_snow_limit_and_manifest_fields(tmp_path: Path) -> None:
+    cat = _catalog(tmp_path, [
+        _l2a_item("S2A_8WMA_20230701_0_L2A", "08WMA", 1, tmp_path, cloud=2.0, snow=30.0),  # clear 0.68
+        _l2a_item("S2A_8WMA_20230711_0_L2A", "08WMA", 11, tmp_path, cloud=8.0, snow=0.0),  # clear 0.92
+        _l2a_item("S2A_8WMA_20230721_0_L2A", "08WMA", 21, tmp_path, cloud=1.0, nodata=60.0),  # clear 0.396
+    ])
+    m = search_scenes(cat, max_scenes_per_tile=3, bands=["B04", "nir"])
+    assert [s["datetime"][:10] for s in m["scenes"]] == ["2023-07-11", "2023-07-01", "2023-07-21"]
+    best = m["scenes"][0]
+    assert best["clear_fraction"] == pytest.approx(0.92) and best["product_level"] == "L2A"
+    assert best["processing_baseline"] == "05.09" and best["provider"] == "local"
+    assert best["mask_asset"].endswith("_SCL.tif") and list(best["assets"]) == ["B04", "B08"]
+    m = search_scenes(cat, max_scenes_per_tile=3, max_snow_cover=10, bands=["B04"])
+    assert "2023-07-01" not in [s["datetime"][:10] for s in m["scenes"]]
+    with pytest.raises(NoScenesError, match=r"snow cover <= 1%.*relax max_cloud_cover or max_snow_cover"):
+        search_scenes(cat, max_cloud_cover=0.5, max_snow_cover=1, bands=["B04"])
+
+
+def test_years_and_months_windows(tmp_path: Path) -> None:
+    cat = _catalog(tmp_path, [
+        _l2a_item("S2A_8WMA_20210715_0_L2A", "08WMA", 15, tmp_path, year=2021),
+        _l2a_item("S2A_8WMA_20220715_0_L2A", "08WMA", 15, tmp_path, year=2022),
+        _l2a_item("S2A_8WMA_20230915_0_L2A", "08WMA", 15, tmp_path, year=2023, month=9),
+    ])
+    m = search_scenes(cat, years=[2021, 2023], months=[7, 8], max_scenes_per_tile=5, bands=["B04"])
+    assert [s["datetime"][:10] for s in m["scenes"]] == ["2021-07-15"]
+    m = search_scenes(cat, years=[2021, 2023], months=[7, 9], max_scenes_per_tile=5, bands=["B04"])
+    assert sorted(s["datetime"][:10] for s in m["scenes"]) == ["2021-07-15", "2023-09-15"]
+    assert m["query"]["windows"] == ["2021-07-01/2021-07-31", "2021-09-01/2021-09-30",
+                                     "2023-07-01/2023-07-31", "2023-09-01/2023-09-30"]
+
+
+def test_unusable_scenes_are_skipped_and_recorded(tmp_path: Path) -> None:
+    cat = _catalog(tmp_path, [
+        _l2a_item("S2A_8WMA_20230701_0_L2A", "08WMA", 1, tmp_path, cloud=0.0, epsg=32609),  # wrong UTM zone
+        _l2a_item("S2A_8WMA_20230705_0_L2A", "08WMA", 5, tmp_path, cloud=0.0, nodata=100.0),  # no data
+        _l2a_item("S2A_8WMA_20230709_0_L2A", "08WMA", 9, tmp_path, cloud=0.5, bands=("B04",)),  # lacks B08
+        _l2a_item("S2A_8WMA_20230711_0_L2A", "08WMA", 11, tmp_path, cloud=9.0),
+    ])
+    m = search_scenes(cat, bands=["B04", "B08"])
+    assert [s["stac_id"] for s in m["scenes"]] == ["S2A_8WMA_20230711_0_L2A"]
+    reasons = {r["stac_id"]: r["reason"] for r in m["rejected"]}
+    assert "unexpected CRS EPSG:32609" in reasons["S2A_8WMA_20230701_0_L2A"]
+    assert "no valid data" in reasons["S2A_8WMA_20230705_0_L2A"]
+    assert "B08" in reasons["S2A_8WMA_20230709_0_L2A"]
+
+
+def test_bbox_aoi_and_circumpolar(tmp_path: Path) -> None:
+    cat = _catalog(tmp_path, [_l2a_item("S2A_8WMA_20230711_0_L2A", "08WMA", 11, tmp_path)])
+    m = search_scenes(cat, aoi=[-136.0, 67.9, -135.5, 68.2], bands=["B04"])
+    assert m["query"]["aoi"] == "bbox -136,67.9,-135.5,68.2" and len(m["scenes"]) == 1
+    # the circumpolar domain is the high Arctic: Peel (08WMA) lies outside it
+    with pytest.raises(NoScenesError, match=r"tiles .* and \d+ more"):
+        search_scenes(cat, aoi="circumpolar", bands=["B04"])
+
+
+def test_cdse_style_assets_prefer_native_resolution(tmp_path: Path) -> None:
+    item = _l2a_item("S2B_MSIL2A_20230711_T08WMA", "08WMA", 11, tmp_path, bands=(), scl=False)
+    for key in ("B05_60m", "B05_20m", "B04_20m", "B04_10m", "SCL_20m"):
+        item.add_asset(key, pystac.Asset(str(tmp_path / f"{key}.jp2"), media_type="image/jp2", roles=["data"],
+                                         extra_fields={"eo:bands": [{"name": key.split("_")[0]}]}))
+    from pixeldino.search import band_assets, scl_asset
+
+    assets = band_assets(item)
+    assert assets["B05"].endswith("B05_20m.jp2") and assets["B04"].endswith("B04_10m.jp2")
+    assert scl_asset(item).endswith("SCL_20m.jp2")

@@ -1,3 +1,9 @@
+# One 10 m COG and JSON sidecar per scene of the manifest. When the scene has an SCL asset, the fetch also writes
+# <scene>_mask.tif (the quality mask) next to it. That file is not a declared output because Snakemake has no
+# optional outputs and L1C scenes have no SCL; the sidecar names it ("quality_mask", or null), and it is written
+# before the scene and the sidecar, so any job that depends on the scene finds it complete.
+# A scene with no valid or no clear pixel is still written (the DAG stays what the manifest promised) but its
+# sidecar says "skipped": true; chipping leaves it out and prediction on it yields nodata.
 rule fetch_scene:
     input:
         manifest=f"{RESULTS}/manifest.json",
@@ -8,13 +14,52 @@ rule fetch_scene:
         bands=config["bands"],
         aoi=config["search"]["aoi"] if config["fetch"]["clip_to_aoi"] else None,
         resolution=config["fetch"]["resolution"],
+        harmonize=config["fetch"]["harmonize"],
+        quality_mask=config["fetch"]["quality_mask"],
     log:
         f"{LOGS}/fetch_scene/{{scene}}.log",
     benchmark:
         f"{BENCH}/fetch_scene/{{scene}}.tsv"
+    threads: 2
     resources:
         mem_mb=4000,
     conda:
         "../envs/geo.yaml"
     script:
         "../scripts/fetch_scene.py"
+
+
+# Per-tile seasonal median of the fetched scenes over clear pixels (optional, fetch.composite: median):
+#   snakemake --cores 4 composites
+rule composite_tile:
+    input:
+        # the fetched scenes of this tile, from the checkpoint manifest
+        scenes=lambda w: expand(
+            f"{RESULTS}/scenes/{{scene}}.tif", scene=[s["id"] for s in manifest_scenes() if s["tile"] == w.tile]
+        ),
+    output:
+        composite=f"{RESULTS}/composites/{{tile}}.tif",
+        sidecar=f"{RESULTS}/composites/{{tile}}.json",
+    params:
+        method=config["fetch"]["composite"],
+    log:
+        f"{LOGS}/composite_tile/{{tile}}.log",
+    benchmark:
+        f"{BENCH}/composite_tile/{{tile}}.tsv"
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/geo.yaml"
+    script:
+        "../scripts/composite_tile.py"
+
+
+rule composites:
+    input:
+        # one composite per tile of the manifest; nothing when fetch.composite is 'none'
+        lambda w: (
+            []
+            if config["fetch"]["composite"] == "none"
+            else expand(f"{RESULTS}/composites/{{tile}}.tif", tile=sorted({s["tile"] for s in manifest_scenes()}))
+        ),
+    localrule: True

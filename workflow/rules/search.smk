@@ -1,3 +1,6 @@
+# The scene search is the workflow's one data-dependent step: a checkpoint whose manifest lists the scenes that
+# every later target is expanded from (common.smk). The provider, AOI/tiles, date windows and cloud/snow limits
+# come from the `stac` and `search` config sections.
 checkpoint search_scenes:
     output:
         manifest=f"{RESULTS}/manifest.json",
