@@ -109,6 +109,7 @@ def check_input_files(config: dict[str, Any], *, source: str = "config") -> None
     named: list[tuple[str, str | None]] = [
         ("stac.catalog", catalog),
         ("search.aoi", aoi if isinstance(aoi, str) and aoi != "circumpolar" else None),
+        ("search.manifest", config["search"].get("manifest")),
         ("labels.file", config["labels"]["file"]),
         ("labels.footprint", config["labels"]["footprint"]),
         ("labels.holdout", config["labels"]["holdout"]),

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from wfutil import ROOT, copy_workflow, run_snakemake
+
 DEMO = ROOT / "resources" / "demo"
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 pytestmark = [
     pytest.mark.workflow,
@@ -22,21 +18,11 @@ pytestmark = [
 
 
 def _workdir(tmp_path: Path) -> Path:
-    """A copy of the workflow with the demo resources, so runs never touch the checkout's results/."""
-    work = tmp_path / "wf"
-    work.mkdir()
-    shutil.copy(ROOT / "Snakefile", work / "Snakefile")
-    shutil.copytree(ROOT / "workflow", work / "workflow")
-    shutil.copytree(ROOT / "config", work / "config")
-    shutil.copytree(ROOT / "resources" / "demo", work / "resources" / "demo")
-    return work
+    return copy_workflow(tmp_path / "wf")
 
 
-def snakemake(work: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))  # the package as installed or from the checkout
-    return subprocess.run(
-        [SNAKEMAKE, "--cores", "2", *args], cwd=work, capture_output=True, text=True, timeout=timeout, env=env
-    )
+def snakemake(work: Path, *args: str, timeout: int = 900):
+    return run_snakemake(work, "--cores", "2", *args, timeout=timeout)
 
 
 def test_dry_run_of_the_default_config(tmp_path) -> None:
@@ -79,16 +65,21 @@ def test_date_range_without_scenes_stops_with_a_clear_message(tmp_path) -> None:
     assert not (work / "results/demo/manifest.json").exists()
 
 
-def test_end_to_end_demo(tmp_path) -> None:
-    """The whole chain on the real demo chips with a few training steps; checks the files a user opens."""
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The whole chain on the real demo chips with a few training steps (config/test/fast.yaml)."""
+    work = copy_workflow(tmp_path_factory.mktemp("demo") / "wf")
+    res = snakemake(work, "--configfile", "config/config.yaml", "config/test/fast.yaml")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    return work
+
+
+def test_end_to_end_demo(demo_run) -> None:
+    """Checks the files a user opens after the demo."""
     import geopandas as gpd
     import rasterio
 
-    work = _workdir(tmp_path)
-    res = snakemake(work, "--configfile", "config/config.yaml", "config/test/fast.yaml")
-    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
-    out = work / "results" / "fast"
-
+    out = demo_run / "results" / "fast"
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(s["tile"] for s in manifest["scenes"]) == ["08WMA", "52WEE"]
 
@@ -97,8 +88,7 @@ def test_end_to_end_demo(tmp_path) -> None:
             assert src.count == 1 and src.dtypes[0] == "uint8"
             assert src.crs.to_epsg() == int(scene["crs"].split(":")[1])
             assert src.width == 251 and src.height == 251
-            prob = src.read(1)
-            assert prob.max() <= 254
+            assert src.read(1).max() <= 254
 
     polygons = gpd.read_file(out / "rts_polygons.gpkg", layer="rts")
     assert polygons.crs.to_epsg() == 3413
@@ -115,6 +105,52 @@ def test_end_to_end_demo(tmp_path) -> None:
     model = json.loads((out / "model" / "model.json").read_text())
     assert model["bands"] == ["B02", "B03", "B04", "B05", "B06", "B07", "B08"]
     assert model["normalisation"]["method"] == "logsigmoid"
-    assert (out / "benchmarks" / "train.tsv").exists()
-    # nothing half-written is left behind
-    assert not list(out.rglob(".*.tmp-*"))
+    for rule in ("search_scenes", "chip", "train", "merge", "evaluate"):
+        assert (out / "benchmarks" / f"{rule}.tsv").exists(), rule
+    assert not list(out.rglob(".*.tmp-*"))  # nothing half-written is left behind
+
+
+def test_rerun_has_nothing_to_do(demo_run) -> None:
+    res = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", "config/test/fast.yaml")
+    assert res.returncode == 0
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_report_is_generated(demo_run) -> None:
+    res = snakemake(demo_run, "--configfile", "config/config.yaml", "config/test/fast.yaml", "--report", "report.html")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    html = (demo_run / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for expected in ("training_curves.png", "metrics.json", "quicklook_Bykovsky.png"):
+        assert expected in html, expected
+
+
+def test_slurm_profile_submits_gpu_jobs(demo_run, tmp_path) -> None:
+    """The SLURM profile parses, and what the executor plugin hands to sbatch asks train/predict for a GPU.
+
+    Runs the real executor plugin against stand-in SLURM commands (tests/fake_slurm) that record each sbatch call
+    and report every job as failed, so nothing runs. Kept last in this module: it leaves failed-job state behind.
+    """
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
+    for name in ("sbatch", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "sshare", "scancel"):
+        (bin_dir / name).symlink_to(fake)
+    import os
+
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(tmp_path / "state")}
+    profile = ["--workflow-profile", "workflow/profiles/slurm", "--latency-wait", "1", "--retries", "0",
+               "--slurm-init-seconds-before-status-checks", "1",
+               "--configfile", "config/config.yaml", "config/test/fast.yaml"]
+    for rule in ("predict_scene", "train"):  # predict first: a failed train would remove the model
+        res = run_snakemake(demo_run, *profile, "--forcerun", rule, "--until", rule, timeout=300, env=env)
+        assert "Error" in res.stdout + res.stderr  # the stand-in reports every job as failed
+    calls = (tmp_path / "state" / "sbatch.log").read_text().splitlines()
+    for rule, cpus in (("train", 16), ("predict_scene", 8)):
+        lines = [c for c in calls if f"--comment rule_{rule}" in c]
+        assert lines, f"no sbatch call for {rule}: {calls}"
+        for line in lines:
+            assert "--gpus=1" in line, line
+            assert f"--cpus-per-gpu={cpus}" in line, line
+            assert " -p gpu " in line, line

@@ -1,10 +1,10 @@
 rule chip:
     input:
-        manifest=f"{RESULTS}/manifest.json",
+        manifest=MANIFEST,
         scenes=scene_rasters,
         labels=config["labels"]["file"] or [],
     output:
-        chips=directory(f"{RESULTS}/chips/chips.zarr"),
+        chips=keep_or_temp(directory(f"{RESULTS}/chips/chips.zarr"), "chips"),
         stats=f"{RESULTS}/chips/stats.json",
     params:
         bands=config["bands"],

@@ -19,12 +19,35 @@ BENCH = f"{RESULTS}/benchmarks"
 TRAIN_MODEL = config["train"]["model"]
 MODEL = TRAIN_MODEL or f"{RESULTS}/model/model.safetensors"
 SITES = [site["name"] for site in config["evaluate"]["sites"]]
+# A pre-made manifest (search.manifest) replaces the search checkpoint: the DAG is known up front, which lets a
+# dry run plan thousands of tiles without network access and pins the scenes of a published map.
+PREMADE_MANIFEST = config["search"]["manifest"]
+MANIFEST = PREMADE_MANIFEST or f"{RESULTS}/manifest.json"
+
+
+def keep_or_temp(path, kind):
+    """Wrap ``path`` in temp() unless config 'keep' says to keep this kind of intermediate."""
+    return path if config["keep"][kind] else temp(path)
+
+
+_MANIFEST_CACHE = {}
+
+
+def _read_scenes(path):
+    # input functions call this once per job: parse the (possibly large) manifest once per version of the file
+    p = Path(path)
+    key = (str(p), p.stat().st_mtime_ns)
+    if key not in _MANIFEST_CACHE:
+        _MANIFEST_CACHE.clear()
+        _MANIFEST_CACHE[key] = json.loads(p.read_text())["scenes"]
+    return _MANIFEST_CACHE[key]
 
 
 def manifest_scenes():
-    """Scenes chosen by the search checkpoint (re-evaluated once the manifest exists)."""
-    manifest = checkpoints.search_scenes.get().output.manifest
-    return json.loads(Path(manifest).read_text())["scenes"]
+    """Scenes of the manifest: the pre-made one, or the search checkpoint's (re-evaluated once it exists)."""
+    if PREMADE_MANIFEST:
+        return _read_scenes(PREMADE_MANIFEST)
+    return _read_scenes(checkpoints.search_scenes.get().output.manifest)
 
 
 def scene_ids(wildcards=None):

@@ -1,6 +1,6 @@
 rule evaluate:
     input:
-        manifest=f"{RESULTS}/manifest.json",
+        manifest=MANIFEST,
         predictions=scene_predictions,
         scenes=scene_rasters,
         labels=[site["labels"] for site in config["evaluate"]["sites"]],

@@ -6,9 +6,9 @@
 # sidecar says "skipped": true; chipping leaves it out and prediction on it yields nodata.
 rule fetch_scene:
     input:
-        manifest=f"{RESULTS}/manifest.json",
+        manifest=MANIFEST,
     output:
-        scene=f"{RESULTS}/scenes/{{scene}}.tif",
+        scene=keep_or_temp(f"{RESULTS}/scenes/{{scene}}.tif", "scenes"),
         sidecar=f"{RESULTS}/scenes/{{scene}}.json",
     params:
         bands=config["bands"],

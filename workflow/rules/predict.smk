@@ -3,11 +3,11 @@ rule predict_scene:
         scene=f"{RESULTS}/scenes/{{scene}}.tif",
         model=MODEL,
     output:
-        prob=f"{RESULTS}/predictions/{{scene}}_prob.tif",
+        prob=keep_or_temp(f"{RESULTS}/predictions/{{scene}}_prob.tif", "predictions"),
         pseudo=f"{RESULTS}/predictions/{{scene}}_pseudo.tif",
     params:
         predict=config["predict"],
-    threads: workflow.cores
+    threads: 8  # capped at --cores when run locally; the SLURM profile sets its own
     resources:
         gpu=1,
         mem_mb=4000,

@@ -17,7 +17,7 @@ if not TRAIN_MODEL:
             bands=config["bands"],
             normalisation=config["normalisation"],
             out_dir=lambda wildcards, output: Path(output.model).parent,
-        threads: workflow.cores
+        threads: 8  # capped at --cores when run locally; the SLURM profile sets its own
         resources:
             gpu=1,
             mem_mb=8000,

@@ -1,0 +1,265 @@
+"""Scene inference throughput and memory: streamed dask prediction vs the raw model vs a naive in-memory peer.
+
+Synthesises a uint16 scene (``--size`` squared, ``--bands`` bands) on disk in strips, saves a randomly initialised
+UNet of ``--width``, then runs each measurement in its own child process so that peak RSS is that run's alone::
+
+    python benchmarks/predict.py --size 2745
+    python benchmarks/predict.py --size 5490 --inmemory
+    python benchmarks/predict.py --size 2745 --device cuda --batch-size 32
+
+Prints one JSON line per measurement and a final summary line:
+
+* ``predict``: :func:`pixeldino.predict.predict_scene` end to end (read, normalise, forward, blend, write, COG);
+  ``patches`` is the number of distinct patches on the global grid, ``forwarded`` how many the model actually ran
+  (patches straddling a chunk border are run by both blocks);
+* ``forward``: the model alone on random tensors of the same patch and batch size (``--forward-batches`` batches
+  after one warm-up batch), timed in the main thread and in a worker thread (where predict runs it); the faster
+  counts;
+* ``inmemory`` (with ``--inmemory``): the whole scene read into RAM, every patch cut into one array, whole-scene
+  accumulators: what naive peers do;
+* ``summary``: ``ratio`` = (distinct patches / predict wall time) / raw forward patches per second (the faster
+  of a forward run before and one after the scene run); ``ratio_cpu_time`` the same with process CPU time, which
+  is less sensitive to other load on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+BANDS = ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12", "B01", "B09"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthesise_scene(path: Path, size: int, n_bands: int, seed: int = 0) -> None:
+    """Write a ``size`` x ``size`` uint16 scene strip by strip (never the whole scene in memory)."""
+    import rasterio
+    from affine import Affine
+
+    from pixeldino.io import TILED_GTIFF_PROFILE
+
+    profile = dict(TILED_GTIFF_PROFILE, width=size, height=size, count=n_bands, dtype="uint16", nodata=0,
+                   crs="EPSG:32608", transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7700000.0))
+    rng = np.random.default_rng(seed)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 512):
+            h = min(512, size - row)
+            dst.write(rng.integers(1, 4000, (n_bands, h, size), dtype=np.uint16),
+                      window=rasterio.windows.Window(0, row, size, h))
+        dst.descriptions = tuple(BANDS[:n_bands])
+        dst.update_tags(SCENE_ID="BENCHMARK", TILE="08WMC", DATETIME="2023-07-01T20:00:00Z")
+
+
+def save_random_model(path: Path, n_bands: int, width: int, patch: int) -> None:
+    import torch
+
+    from pixeldino.model import UNetConfig, build_model
+    from pixeldino.modelio import save_model
+
+    torch.manual_seed(0)
+    model = build_model(UNetConfig(in_channels=n_bands, width=width))
+    save_model(path, model, {"bands": BANDS[:n_bands], "normalisation": {"method": "logsigmoid"}, "chip_size": patch})
+
+
+def grid_patches(size: int, patch: int, stride: int) -> int:
+    """Distinct patches of the global grid that touch a ``size`` x ``size`` scene."""
+    first = ((0 - patch) // stride + 1) * stride
+    return len(range(first, size, stride)) ** 2
+
+
+def child_predict(a: argparse.Namespace) -> dict:
+    import torch
+
+    from pixeldino import predict
+
+    forwarded = 0
+    original = predict._PatchPredictor.forward
+
+    def counting_forward(self, x):  # noqa: ANN001, ANN202 - instrumentation only
+        nonlocal forwarded
+        forwarded += x.shape[0]
+        return original(self, x)
+
+    predict._PatchPredictor.forward = counting_forward
+    torch.set_num_threads(a.threads)
+    t, cpu = time.perf_counter(), time.process_time()
+    predict.predict_scene(a.scene, a.model, a.out, patch_size=a.patch_size, overlap=a.overlap,
+                          batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, num_threads=a.threads)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    stride = max(1, round(a.patch_size * (1 - a.overlap)))
+    patches = grid_patches(a.size, a.patch_size, stride)
+    return {"mode": "predict", "size": a.size, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "px_per_s": round(a.size**2 / wall), "patches_per_cpu_s": round(patches / cpu, 3),
+            "patches": patches, "forwarded": forwarded, "patches_per_s": round(patches / wall, 2),
+            "peak_rss_mb": round(peak_rss_mb()), "chunk_size": a.chunk_size}
+
+
+def child_forward(a: argparse.Namespace) -> dict:
+    import torch
+
+    from pixeldino.modelio import load_model
+    from pixeldino.predict import resolve_device
+
+    torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
+    model, meta = load_model(a.model, device)
+    x = torch.rand(a.batch_size, len(meta["bands"]), a.patch_size, a.patch_size, device=device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            rts, _ = model(x)
+            torch.sigmoid(rts).cpu()
+
+    def timed() -> None:
+        run()
+        t, cpu = time.perf_counter(), time.process_time()
+        for _ in range(a.forward_batches):
+            run()
+        timings.append((time.perf_counter() - t, time.process_time() - cpu))
+
+    # predict_scene runs the model in a dask worker thread; time it in a worker thread too, and in the main
+    # thread, and keep the faster.
+    timings: list[tuple[float, float]] = []
+    timed()
+    worker = threading.Thread(target=timed)
+    worker.start()
+    worker.join()
+    wall, cpu = min(timings)
+    n = a.forward_batches * a.batch_size
+    return {"mode": "forward", "patches": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "main_vs_thread_wall_s": [round(t[0], 2) for t in timings],
+            "patches_per_s": round(n / wall, 2), "patches_per_cpu_s": round(n / cpu, 3),
+            "px_per_s": round(n * a.patch_size**2 / wall), "peak_rss_mb": round(peak_rss_mb())}
+
+
+def child_inmemory(a: argparse.Namespace) -> dict:
+    """The naive peer: whole scene, all patches and whole-scene accumulators in RAM, one write at the end."""
+    import rasterio
+    import torch
+
+    from pixeldino.modelio import load_model
+    from pixeldino.normalise import normalise
+    from pixeldino.predict import patch_window, resolve_device
+
+    torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
+    t = time.perf_counter()
+    model, meta = load_model(a.model, device)
+    with rasterio.open(a.scene) as src:
+        image = src.read()
+        profile = dict(src.profile, count=1, dtype="uint8", nodata=255)
+    p, s = a.patch_size, max(1, round(a.patch_size * (1 - a.overlap)))
+    x = normalise(np.pad(image, ((0, 0), (p, p), (p, p)), mode="symmetric"), meta["normalisation"])
+    origins = range(((0 - p) // s + 1) * s, a.size, s)
+    patches = np.stack([x[:, oy + p : oy + 2 * p, ox + p : ox + 2 * p] for oy in origins for ox in origins])
+    acc = np.zeros(x.shape[1:], np.float32)
+    wsum = np.zeros(x.shape[1:], np.float32)
+    win = patch_window(p)
+    coords = [(oy, ox) for oy in origins for ox in origins]
+    with torch.inference_mode():
+        for i in range(0, len(patches), a.batch_size):
+            rts, _ = model(torch.from_numpy(patches[i : i + a.batch_size]).to(device))
+            probs = torch.sigmoid(rts)[:, 0].float().cpu().numpy()
+            for (oy, ox), prob in zip(coords[i : i + a.batch_size], probs):
+                acc[oy + p : oy + 2 * p, ox + p : ox + 2 * p] += win * prob
+                wsum[oy + p : oy + 2 * p, ox + p : ox + 2 * p] += win
+    out = np.rint(acc[p:-p, p:-p] / wsum[p:-p, p:-p] * 254).astype(np.uint8)
+    with rasterio.open(a.out, "w", **profile) as dst:
+        dst.write(out, 1)
+    wall = time.perf_counter() - t
+    return {"mode": "inmemory", "size": a.size, "wall_s": round(wall, 2), "px_per_s": round(a.size**2 / wall),
+            "patches": len(coords), "peak_rss_mb": round(peak_rss_mb())}
+
+
+def _run_child(mode: str, a: argparse.Namespace, **paths: Path) -> dict:
+    args = [sys.executable, __file__, "--child", mode]
+    for key in ("size", "bands", "width", "patch_size", "overlap", "batch_size", "chunk_size", "threads", "device",
+                "forward_batches"):
+        args += [f"--{key.replace('_', '-')}", str(getattr(a, key))]
+    for key, value in paths.items():
+        args += [f"--{key}", str(value)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{mode} run failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=2745, help="scene width = height in pixels (2745, 5490, 10980)")
+    p.add_argument("--bands", type=int, default=4)
+    p.add_argument("--width", type=int, default=16, help="UNet width")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (and the CPU budget of each run)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--forward-batches", type=int, default=8, help="timed batches of the raw forward measurement")
+    p.add_argument("--inmemory", action="store_true", help="also run the naive whole-scene-in-RAM peer")
+    p.add_argument("--workdir", type=Path, help="keep the scene, model and outputs here (default: a temp dir)")
+    p.add_argument("--child", choices=["predict", "forward", "inmemory"], help=argparse.SUPPRESS)
+    p.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.child:
+        result = {"predict": child_predict, "forward": child_forward, "inmemory": child_inmemory}[a.child](a)
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="pixeldino-bench-") as tmp:
+        work = a.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        scene, model = work / f"scene_{a.size}.tif", work / "model.safetensors"
+        if not scene.exists():
+            synthesise_scene(scene, a.size, a.bands)
+        save_random_model(model, a.bands, a.width, a.patch_size)
+        # The raw forward is measured before and after the scene run and the faster one is kept: on a shared
+        # machine this makes the ratio conservative rather than flattering.
+        before = _run_child("forward", a, model=model)
+        pred = _run_child("predict", a, scene=scene, model=model, out=work / "prob.tif")
+        after = _run_child("forward", a, model=model)
+        results = [before, pred, after]
+        if a.inmemory:
+            results.append(_run_child("inmemory", a, scene=scene, model=model, out=work / "prob_inmemory.tif"))
+        for r in results:
+            print(json.dumps(r), flush=True)
+        fwd = max(before, after, key=lambda r: r["patches_per_s"])
+        summary = {"mode": "summary", "size": a.size, "patch_size": a.patch_size, "batch_size": a.batch_size,
+                   "threads": a.threads, "device": a.device,
+                   "ratio": round(pred["patches_per_s"] / fwd["patches_per_s"], 3),
+                   "ratio_cpu_time": round(pred["patches_per_cpu_s"] / max(before["patches_per_cpu_s"],
+                                                                           after["patches_per_cpu_s"]), 3),
+                   "redundant_forward_share": round(pred["forwarded"] / pred["patches"] - 1, 3),
+                   "load_avg_1min": round(os.getloadavg()[0], 2)}
+        if a.inmemory:
+            naive = results[3]
+            summary["speedup_vs_inmemory"] = round(naive["wall_s"] / pred["wall_s"], 3)
+            summary["rss_ratio_inmemory_vs_predict"] = round(naive["peak_rss_mb"] / pred["peak_rss_mb"], 2)
+        print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""Accuracy of a probability map against RTS label polygons: pixel and object metrics, and a quicklook PNG.
+
+Everything is measured on the prediction's pixel grid. Label polygons (any CRS) are reprojected to the
+prediction's CRS and rasterised by pixel centre. Only pixels inside the AOI (all valid pixels when no AOI is
+given) and not nodata in the prediction are evaluated; with an AOI only the window covering it is read.
+
+Pixel metrics are those of the RTS class: IoU = TP / (TP + FP + FN), precision, recall, F1. A ratio whose
+denominator is zero (e.g. IoU when neither labels nor prediction have a positive pixel) is reported as ``null``.
+
+Object metrics use overlap matching: a label object (one label polygon, which may be a MultiPolygon) counts as
+detected when at least one of its evaluated pixels is predicted positive; a predicted object (an 8-connected
+component of positive pixels) counts as correct when at least one of its pixels lies in a label polygon. Object
+recall = detected label objects / label objects, object precision = correct predicted objects / predicted
+objects, object F1 their harmonic mean. Label polygons without any evaluated pixel centre (outside the AOI,
+over nodata, or smaller than a pixel) are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import rasterio
+from affine import Affine
+from rasterio.errors import RasterioIOError
+from rasterio.features import rasterize
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window, from_bounds
+from scipy import ndimage
+
+from pixeldino.bands import canonical_band
+from pixeldino.errors import ConfigError, InputError, PixeldinoError
+from pixeldino.io import atomic_output, write_json
+from pixeldino.polygonize import as_multipolygon, invalid_mask, positive_mask, read_probability, resolve_threshold
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+QUICKLOOK_BANDS = ("B04", "B03", "B02")
+QUICKLOOK_MAX_PIXELS = 2000
+MATCHING = "overlap: an object matches when it shares at least one evaluated pixel with the other set"
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den else None
+
+
+def _f1(precision: float | None, recall: float | None) -> float | None:
+    if precision is None or recall is None:
+        return None
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def _read_polygons(path: Path, crs: Any, what: str) -> gpd.GeoDataFrame:
+    """Polygons of a vector file reprojected to ``crs``; invalid geometries repaired, non-areal parts dropped."""
+    if not path.exists():
+        raise InputError(f"{path}: {what} file not found; check the path")
+    try:
+        gdf = pyogrio.read_dataframe(path)
+    except Exception as exc:  # pyogrio raises several types for unreadable files
+        raise InputError(f"{path}: cannot read {what} ({exc}); give a GeoPackage, GeoJSON or Shapefile") from None
+    if gdf.crs is None:
+        raise InputError(f"{path}: {what} have no CRS; set one (e.g. in QGIS) and retry")
+    gdf = gdf.to_crs(crs)
+    gdf["geometry"] = [as_multipolygon(g) if g is not None else None for g in gdf.geometry]
+    return gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)].reset_index(drop=True)
+
+
+def _burn(geoms: Sequence[Any], transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    if not len(geoms):
+        return np.zeros(shape, bool)
+    return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8").astype(bool)
+
+
+def _bounds_rows_cols(bounds: Sequence[float], transform: Affine, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Row/column range ``(r0, r1, c0, c1)`` of the grid that covers ``bounds``; None when it misses the grid."""
+    win = from_bounds(*bounds, transform=transform)
+    r0, c0 = max(int(math.floor(win.row_off)), 0), max(int(math.floor(win.col_off)), 0)
+    r1 = min(int(math.ceil(win.row_off + win.height)) + 1, shape[0])
+    c1 = min(int(math.ceil(win.col_off + win.width)) + 1, shape[1])
+    return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
+
+
+def _label_object_pixels(geom: Any, transform: Affine, shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Pixel-centre footprint of one polygon within its bounding window, or None if it misses the grid."""
+    rows_cols = _bounds_rows_cols(geom.bounds, transform, shape)
+    if rows_cols is None:
+        return None
+    r0, r1, c0, c1 = rows_cols
+    sub = _burn([geom], transform @ Affine.translation(c0, r0), (r1 - r0, c1 - c0))
+    return (slice(r0, r1), slice(c0, c1)), sub
+
+
+def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-band 2-98 % percentile stretch to [0, 1] over valid pixels."""
+    out = np.zeros(rgb.shape, np.float32)
+    for i, band in enumerate(rgb):
+        values = band[valid]
+        if values.size == 0:
+            continue
+        lo, hi = np.percentile(values, [2, 98])
+        out[i] = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1)
+    out[:, ~valid] = 1.0  # nodata shown white
+    return np.moveaxis(out, 0, -1)
+
+
+def _read_true_colour(image_path: Path, crs: Any, transform: Affine, shape: tuple[int, int], step: int) -> np.ndarray:
+    """B04, B03, B02 of ``image_path`` on the evaluation grid, decimated by ``step`` (a plain read when grids agree)."""
+    try:
+        with rasterio.open(image_path) as src:
+            names = {}
+            for i, d in enumerate(src.descriptions, start=1):
+                if not d:
+                    continue
+                try:
+                    names[canonical_band(d)] = i
+                except PixeldinoError:
+                    names[d] = i
+            missing = [b for b in QUICKLOOK_BANDS if b not in names]
+            if missing:
+                raise InputError(f"{image_path}: lacks band(s) {', '.join(missing)} for the true-colour quicklook")
+            with WarpedVRT(src, crs=crs, transform=transform, width=shape[1], height=shape[0],
+                           resampling=rasterio.enums.Resampling.bilinear, nodata=0) as vrt:
+                out_shape = (len(QUICKLOOK_BANDS), -(-shape[0] // step), -(-shape[1] // step))
+                return vrt.read([names[b] for b in QUICKLOOK_BANDS], out_shape=out_shape).astype(np.float32)
+    except RasterioIOError as exc:
+        raise InputError(f"{image_path}: cannot read the image for the quicklook ({exc})") from exc
+
+
+def _write_quicklook(
+    path: Path,
+    *,
+    background: np.ndarray,
+    is_rgb: bool,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    region: np.ndarray,
+    title: str,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    h, w = labels.shape
+    scale = 8.0 / max(h, w)
+    fig, ax = plt.subplots(figsize=(max(w * scale, 3.0), max(h * scale, 3.0) + 0.5), dpi=150)
+    try:
+        if is_rgb:
+            ax.imshow(background, interpolation="nearest")
+        else:
+            ax.imshow(background, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        for mask, colour in ((region, "white"), (labels, "cyan"), (predicted, "red")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(np.uint8), levels=[0.5], colors=[colour], linewidths=0.8)
+        ax.legend(
+            handles=[Line2D([], [], color=c, label=n) for c, n in (("cyan", "labels"), ("red", "prediction"), ("white", "AOI"))],
+            loc="lower right", fontsize=6, framealpha=0.6,
+        )
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+        fig.tight_layout()
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def evaluate_site(
+    prob_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str],
+    *,
+    aoi_path: str | os.PathLike[str] | None = None,
+    threshold: float | None = None,
+    site: str,
+    image_path: str | os.PathLike[str] | None = None,
+    quicklook_png: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Pixel and object metrics of one probability raster against label polygons.
+
+    Args:
+        prob_path: probability raster (from :func:`pixeldino.predict.predict_scene`).
+        labels_path: RTS label polygons, any vector format and CRS.
+        aoi_path: optional polygons of the labelled area; pixels outside are not evaluated.
+        threshold: probability threshold (``p >= threshold`` is RTS); None = the raster's THRESHOLD tag, else 0.5.
+        site: name of the site (reported, and used in the quicklook title).
+        image_path: optional scene GeoTIFF with bands B04, B03, B02 for a true-colour quicklook background.
+        quicklook_png: optional PNG path for the quicklook (written atomically).
+
+    Returns:
+        ``{"site", "prediction", "labels", "aoi", "threshold", "model", "pixel": {...}, "object": {...},
+        "quicklook"}``; see the module docs for the definitions.
+    """
+    prob_path, labels_path = Path(prob_path), Path(labels_path)
+    if not prob_path.exists():
+        raise InputError(f"{prob_path}: probability raster not found; run `pixeldino predict` first")
+    try:
+        with rasterio.open(prob_path) as src:
+            crs, full_transform, full_shape = src.crs, src.transform, (src.height, src.width)
+    except RasterioIOError as exc:
+        raise InputError(f"{prob_path}: cannot read the probability raster ({exc}); re-run prediction") from exc
+    if crs is None:
+        raise InputError(f"{prob_path}: probability raster has no CRS; re-run prediction on a georeferenced scene")
+
+    window = None
+    aoi = None
+    if aoi_path is not None:
+        aoi = _read_polygons(Path(aoi_path), crs, "AOI polygons")
+        if aoi.empty:
+            raise InputError(f"{aoi_path}: the AOI has no polygons")
+        rows_cols = _bounds_rows_cols(aoi.total_bounds, full_transform, full_shape)
+        if rows_cols is None:
+            raise InputError(f"{aoi_path}: the AOI does not overlap prediction {prob_path}; use the scene covering it")
+        r0, r1, c0, c1 = rows_cols
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+    values, info = read_probability(prob_path, window)
+    transform, shape = info["transform"], values.shape
+    thr = resolve_threshold(threshold, info["tags"], prob_path)
+
+    region = ~invalid_mask(values, info)
+    if aoi is not None:
+        region &= _burn(list(aoi.geometry), transform, shape)
+    labels_gdf = _read_polygons(labels_path, crs, "label polygons")
+    label_mask = _burn(list(labels_gdf.geometry), transform, shape) & region
+    predicted = positive_mask(values, info, thr) & region
+
+    tp = int(np.count_nonzero(label_mask & predicted))
+    fp = int(np.count_nonzero(predicted & ~label_mask))
+    fn = int(np.count_nonzero(label_mask & ~predicted))
+    n_eval = int(np.count_nonzero(region))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    pixel = {
+        "iou": _ratio(tp, tp + fp + fn),
+        "f1": _f1(precision, recall),
+        "precision": precision,
+        "recall": recall,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": n_eval - tp - fp - fn,
+        "n_pixels": n_eval,
+        "label_positive_fraction": _ratio(tp + fn, n_eval),
+        "pred_positive_fraction": _ratio(tp + fp, n_eval),
+    }
+
+    components, n_pred = ndimage.label(predicted, structure=_EIGHT)
+    matched_pred = int(np.count_nonzero(np.unique(components[label_mask & predicted])))
+    n_label_objects = detected = 0
+    for geom in labels_gdf.geometry:
+        found = _label_object_pixels(geom, transform, shape)
+        if found is None:
+            continue
+        sl, sub = found
+        sub &= region[sl]
+        if not sub.any():
+            continue
+        n_label_objects += 1
+        detected += bool(predicted[sl][sub].any())
+    obj_precision, obj_recall = _ratio(matched_pred, n_pred), _ratio(detected, n_label_objects)
+    objects = {
+        "n_label_objects": n_label_objects,
+        "n_pred_objects": int(n_pred),
+        "label_objects_detected": detected,
+        "pred_objects_matched": matched_pred,
+        "recall": obj_recall,
+        "precision": obj_precision,
+        "f1": _f1(obj_precision, obj_recall),
+        "matching": MATCHING,
+    }
+
+    result: dict[str, Any] = {
+        "site": site,
+        "prediction": str(prob_path),
+        "labels": str(labels_path),
+        "aoi": str(aoi_path) if aoi_path is not None else None,
+        "threshold": thr,
+        "model": info["tags"].get("MODEL"),
+        "scene_id": info["tags"].get("SCENE_ID"),
+        "pixel": pixel,
+        "object": objects,
+        "quicklook": None,
+    }
+
+    if quicklook_png is not None:
+        step = max(1, math.ceil(max(shape) / QUICKLOOK_MAX_PIXELS))  # a PNG never needs more than ~2000 px
+        if image_path is not None:
+            rgb = _read_true_colour(Path(image_path), crs, transform, shape, step)
+            background, is_rgb = _stretch(rgb, (rgb > 0).any(axis=0)), True
+        else:
+            sub = values[::step, ::step]
+            background = np.where(invalid_mask(sub, info), np.nan, sub * info["scale"] + info["offset"])
+            is_rgb = False
+        iou_text = f"{pixel['iou']:.3f}" if pixel["iou"] is not None else "n/a"
+        f1_text = f"{objects['f1']:.2f}" if objects["f1"] is not None else "n/a"
+        _write_quicklook(
+            Path(quicklook_png),
+            background=background,
+            is_rgb=is_rgb,
+            labels=label_mask[::step, ::step],
+            predicted=predicted[::step, ::step],
+            region=region[::step, ::step],
+            title=f"{site}: pixel IoU {iou_text}, object F1 {f1_text} (p >= {thr:.2f})",
+        )
+        result["quicklook"] = str(quicklook_png)
+    return result
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A per-site table, pixel/object metrics pooled over all sites, and unweighted means over sites."""
+    table = [
+        {
+            "site": name,
+            "iou": r["pixel"]["iou"],
+            "f1": r["pixel"]["f1"],
+            "precision": r["pixel"]["precision"],
+            "recall": r["pixel"]["recall"],
+            "object_precision": r["object"]["precision"],
+            "object_recall": r["object"]["recall"],
+            "object_f1": r["object"]["f1"],
+        }
+        for name, r in results.items()
+    ]
+    tp = sum(r["pixel"]["tp"] for r in results.values())
+    fp = sum(r["pixel"]["fp"] for r in results.values())
+    fn = sum(r["pixel"]["fn"] for r in results.values())
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    obj_p = _ratio(sum(r["object"]["pred_objects_matched"] for r in results.values()),
+                   sum(r["object"]["n_pred_objects"] for r in results.values()))
+    obj_r = _ratio(sum(r["object"]["label_objects_detected"] for r in results.values()),
+                   sum(r["object"]["n_label_objects"] for r in results.values()))
+    pooled = {
+        "iou": _ratio(tp, tp + fp + fn), "f1": _f1(precision, recall), "precision": precision, "recall": recall,
+        "tp": tp, "fp": fp, "fn": fn, "object_precision": obj_p, "object_recall": obj_r, "object_f1": _f1(obj_p, obj_r),
+    }
+    mean = {k: _mean([row[k] for row in table]) for k in ("iou", "f1", "precision", "recall", "object_f1")}
+    return {"table": table, "pooled": pooled, "mean_over_sites": mean}
+
+
+def evaluate_sites(sites: Sequence[dict[str, Any]], out_json: str | os.PathLike[str]) -> dict[str, Any]:
+    """Evaluate several sites and write one JSON: ``{"sites": {name: result}, "summary": {...}}``.
+
+    Args:
+        sites: one dict per site with the keyword arguments of :func:`evaluate_site` (``prob_path``,
+            ``labels_path`` and ``site`` required; ``aoi_path``, ``threshold``, ``image_path``,
+            ``quicklook_png`` optional).
+        out_json: output JSON (written atomically).
+
+    Returns:
+        The written document.
+    """
+    names = [s.get("site") for s in sites]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"every evaluation site needs a unique 'site' name; got {names}")
+    results = {}
+    for spec in sites:
+        kwargs = dict(spec)
+        results[spec["site"]] = evaluate_site(kwargs.pop("prob_path"), kwargs.pop("labels_path"), **kwargs)
+    document = {"sites": results, "summary": summarise(results)}
+    write_json(out_json, document)
+    return document

@@ -1,0 +1,136 @@
+"""Arctic merge: detections from overlapping tiles in different UTM zones become one slump with provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from affine import Affine
+from pyproj import Transformer
+from rasterio.features import rasterize
+from shapely.geometry import box
+from shapely.ops import transform
+
+from pixeldino.io import TILED_GTIFF_PROFILE
+from pixeldino.merge import MERGED_SCHEMA, merge_polygons
+from pixeldino.polygonize import polygonize_scene
+
+# The UTM 8N / 9N boundary is at 132 W. A slump of ~300 m x 200 m just east of it, seen from both zones.
+SLUMP_LONLAT = box(-131.998, 69.000, -131.9905, 69.0018)
+OTHER_LONLAT = box(-132.030, 69.010, -132.025, 69.012)  # only in the zone-8 scene, far from the first
+
+
+def scene_gpkg(tmp_path: Path, epsg: int, scene_id: str, tile: str, date: str, slumps: list) -> Path:
+    to_utm = Transformer.from_crs(4326, epsg, always_xy=True).transform
+    utm = [transform(to_utm, s) for s in slumps]
+    cx, cy = utm[0].centroid.x, utm[0].centroid.y
+    x0, y0 = round(cx / 10) * 10 - 2500, round(cy / 10) * 10 + 1500
+    grid = Affine(10.0, 0.0, x0, 0.0, -10.0, y0)
+    dn = rasterize([(g, 220) for g in utm], out_shape=(300, 500), transform=grid, fill=0, dtype="uint8")
+    profile = dict(TILED_GTIFF_PROFILE, width=500, height=300, count=1, dtype="uint8", nodata=255,
+                   crs=f"EPSG:{epsg}", transform=grid)
+    prob = tmp_path / f"{scene_id}.tif"
+    with rasterio.open(prob, "w", **profile) as dst:
+        dst.write(dn, 1)
+        dst.scales = (1 / 254,)
+        dst.update_tags(SCENE_ID=scene_id, TILE=tile, DATETIME=date, THRESHOLD="0.5", MODEL="m1")
+    return _polygonize(prob, tmp_path / f"{scene_id}.gpkg")
+
+
+def _polygonize(prob: Path, out: Path) -> Path:
+    polygonize_scene(prob, out)
+    return out
+
+
+@pytest.fixture
+def two_zones(tmp_path: Path) -> list[Path]:
+    a = scene_gpkg(tmp_path, 32608, "S2A_20230701_T08WNA", "08WNA", "2023-07-01T20:11:29Z", [SLUMP_LONLAT, OTHER_LONLAT])
+    b = scene_gpkg(tmp_path, 32609, "S2B_20230815_T09WMA", "09WMA", "2023-08-15T20:21:19Z", [SLUMP_LONLAT])
+    return [a, b]
+
+
+def test_same_slump_in_two_utm_zones_is_one_polygon(tmp_path: Path, two_zones: list[Path]) -> None:
+    assert pyogrio.read_info(two_zones[0], layer="rts")["crs"] == "EPSG:32608"
+    assert pyogrio.read_info(two_zones[1], layer="rts")["crs"] == "EPSG:32609"
+    merged = merge_polygons(two_zones, tmp_path / "merged.gpkg", out_parquet=tmp_path / "merged.parquet")
+    assert len(merged) == 2
+    slump = merged[merged.n_detections == 2].iloc[0]
+    assert slump.scenes == "S2A_20230701_T08WNA,S2B_20230815_T09WMA"
+    assert slump.tiles == "08WNA,09WMA"
+    assert slump.first_date == "2023-07-01" and slump.last_date == "2023-08-15"
+    assert slump.n_scenes == 2 and slump.prob_max == pytest.approx(220 / 254)
+    true_area = gpd.GeoSeries([SLUMP_LONLAT], crs=4326).to_crs(6931).area.iloc[0]
+    assert slump.area_m2 == pytest.approx(true_area, rel=0.08)  # union of two 10 m rasterisations
+    # EPSG:3413 is conformal: the geodesic area it reports equals the planar area in equal-area EPSG:6931
+    ease = merge_polygons(two_zones, tmp_path / "ease.gpkg", crs="EPSG:6931")
+    ease_slump = ease[ease.n_detections == 2].iloc[0]
+    assert slump.area_m2 == pytest.approx(ease_slump.geometry.area, rel=1e-6)
+    assert ease_slump.area_m2 == pytest.approx(ease_slump.geometry.area)
+    other = merged[merged.n_detections == 1].iloc[0]
+    assert other.scenes == "S2A_20230701_T08WNA" and other.first_date == other.last_date == "2023-07-01"
+
+    back = gpd.read_file(tmp_path / "merged.gpkg", layer="rts")
+    assert back.crs.to_epsg() == 3413 and list(back.columns) == [*MERGED_SCHEMA, "geometry"]
+    assert back.geometry.is_valid.all()
+    parquet = gpd.read_parquet(tmp_path / "merged.parquet")
+    assert list(parquet.rts_id) == list(back.rts_id)
+
+
+def test_ids_are_stable_across_reruns_and_input_order(tmp_path: Path, two_zones: list[Path]) -> None:
+    first = merge_polygons(two_zones, tmp_path / "a.gpkg")
+    second = merge_polygons(list(reversed(two_zones)), tmp_path / "b.gpkg")
+    assert list(first.rts_id) == list(second.rts_id)
+    assert all(rid.startswith("RTS_") for rid in first.rts_id)
+    point = first.geometry.representative_point().iloc[0]
+    x_km, y_km = (float(v) for v in first.rts_id.iloc[0].split("_")[1:3])
+    assert abs(x_km - point.x / 1000) <= 0.005 and abs(y_km - point.y / 1000) <= 0.005
+    assert first.geometry.iloc[0].equals(second.geometry.iloc[0])
+
+
+def test_non_overlapping_detections_stay_separate_and_chains_join(tmp_path: Path) -> None:
+    def layer(name: str, geoms: list, epsg: int = 32608) -> Path:
+        gdf = gpd.GeoDataFrame(
+            {"scene_id": [name] * len(geoms), "tile": ["08WNA"] * len(geoms),
+             "datetime": ["2022-07-03T20:00:00Z"] * len(geoms), "prob_max": [0.9] * len(geoms),
+             "touches_nodata": [False] * len(geoms)},
+            geometry=geoms, crs=f"EPSG:{epsg}",
+        )
+        path = tmp_path / f"{name}.gpkg"
+        gdf.to_file(path, layer="rts")
+        return path
+
+    a = layer("A", [box(0, 0, 100, 100), box(1000, 0, 1100, 100)], )
+    b = layer("B", [box(90, 0, 190, 100), box(5000, 0, 5100, 100)])
+    c = layer("C", [box(180, 0, 280, 100)])  # overlaps B's first box only: A-B-C is one chain
+    out = merge_polygons([a, b, c], tmp_path / "m.gpkg", crs="EPSG:32608")
+    assert sorted(out.n_detections) == [1, 1, 3]
+    chain = out[out.n_detections == 3].iloc[0]
+    assert chain.scenes == "A,B,C"
+    assert chain.geometry.area == pytest.approx(280 * 100)
+
+
+def test_empty_inputs_give_valid_empty_layer(tmp_path: Path) -> None:
+    empty = merge_polygons([], tmp_path / "empty.gpkg")
+    assert len(empty) == 0
+    info = pyogrio.read_info(tmp_path / "empty.gpkg", layer="rts")
+    assert info["features"] == 0 and info["crs"] == "EPSG:3413" and list(info["fields"]) == list(MERGED_SCHEMA)
+    # an empty per-scene layer is fine too
+    dn = np.zeros((40, 40), np.uint8)
+    profile = dict(TILED_GTIFF_PROFILE, width=40, height=40, count=1, dtype="uint8", nodata=255, crs="EPSG:32608",
+                   transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7600000.0))
+    with rasterio.open(tmp_path / "p.tif", "w", **profile) as dst:
+        dst.write(dn, 1)
+    scene = _polygonize(tmp_path / "p.tif", tmp_path / "scene.gpkg")
+    assert len(merge_polygons([scene], tmp_path / "m.gpkg")) == 0
+
+
+def test_missing_input_is_input_error(tmp_path: Path) -> None:
+    from pixeldino.errors import InputError
+
+    with pytest.raises(InputError, match="nope.gpkg"):
+        merge_polygons([tmp_path / "nope.gpkg"], tmp_path / "m.gpkg")
+    assert not (tmp_path / "m.gpkg").exists()
