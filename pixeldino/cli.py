@@ -133,9 +133,11 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    from pixeldino.predict import predict_scene
+    from pixeldino.pipeline import predict_scene_on
+    from pixeldino.quality import find_quality_mask
 
-    predict_scene(
+    predict_scene_on(
+        a.dask_scheduler,
         a.scene,
         a.model,
         a.out,
@@ -147,6 +149,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
         tta=a.tta,
         device=a.device,
         num_threads=a.threads,
+        quality_mask=a.quality_mask or find_quality_mask(a.scene),
     )
     print(a.out)
 
@@ -181,8 +184,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         quicklook_png=a.quicklook,
     )
     write_json(a.out, {"sites": {a.site: result}})
-    pixel = result.get("pixel", result)
-    print(f"{a.site}: pixel IoU {pixel.get('iou', float('nan')):.3f}  F1 {pixel.get('f1', float('nan')):.3f}")
+    pixel = result["pixel"]
+
+    def fmt(value: float | None) -> str:  # None: undefined (no positives in labels or prediction)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"{a.site}: pixel IoU {fmt(pixel['iou'])}  F1 {fmt(pixel['f1'])}  object recall {fmt(result['object']['recall'])}")
 
 
 def cmd_config(a: argparse.Namespace) -> None:
@@ -282,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
+    p.add_argument("--quality-mask", help="uint8 mask raster on the scene grid, nonzero = bad (default: the one "
+                   "`pixeldino fetch` wrote beside the scene, if any)")
+    p.add_argument("--dask-scheduler", help="run on a dask distributed cluster: address or scheduler file")
 
     p = verb("polygonize", cmd_polygonize, "Turn an RTS probability raster into polygons (GeoPackage layer 'rts').")
     p.add_argument("prob")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pixeldino.errors import ConfigError, InputError
-from pixeldino.io import read_json, write_json
+from pixeldino.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,39 @@ def train_config_from(train: dict[str, Any], normalisation: dict[str, Any], thre
     return TrainConfig(**kwargs)
 
 
+def predict_scene_on(dask_scheduler: str | None, scene: str | os.PathLike[str], model: str | os.PathLike[str],
+                     out_prob: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """Run :func:`pixeldino.predict.predict_scene` here, or as one task on a dask distributed cluster.
+
+    ``dask_scheduler`` is None (run in this process), a scheduler address (``tcp://host:8786``) or a scheduler file
+    (``*.json``, as written by ``dask scheduler --scheduler-file`` or dask-jobqueue). The worker must see the same
+    file system and have pixeldino installed; paths are made absolute so it finds them from its own working dir.
+    """
+    from pixeldino.predict import predict_scene
+
+    if not dask_scheduler:
+        return predict_scene(scene, model, out_prob, **kwargs)
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError(
+            "predict.dask_scheduler is set but the 'distributed' package is missing; pip install 'pixeldino[dask]'"
+        ) from None
+    absolute = {k: (str(Path(v).resolve()) if k in ("out_pseudo", "quality_mask") and v else v) for k, v in kwargs.items()}
+    connect = {"scheduler_file": dask_scheduler} if dask_scheduler.endswith(".json") else {"address": dask_scheduler}
+    try:
+        client = Client(timeout="60s", **connect)
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the dask scheduler {dask_scheduler} ({exc}); is the cluster running?") from None
+    with client:
+        log.info("predicting %s on dask cluster %s", scene, client.scheduler.address)
+        future = client.submit(
+            predict_scene, str(Path(scene).resolve()), str(Path(model).resolve()), str(Path(out_prob).resolve()),
+            pure=False, **absolute,
+        )
+        return Path(future.result())
+
+
 def _aoi_geometry_4326(aoi_path: str | os.PathLike[str]) -> Any:
     import geopandas as gpd
 
@@ -87,24 +120,25 @@ def evaluate_configured_sites(
     threshold: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate every configured site on the prediction of the scene that covers it; write one JSON."""
-    from pixeldino.evaluate import evaluate_site
+    from pixeldino.evaluate import evaluate_sites
 
     scenes = read_json(manifest)["scenes"]
     out_dir = Path(out_json).parent
-    results: dict[str, Any] = {}
+    specs = []
     for site in sites:
-        aoi = site.get("aoi") or site["labels"]
-        scene = scene_for_aoi(aoi, scenes)
-        results[site["name"]] = evaluate_site(
-            Path(predictions_dir) / f"{scene['id']}_prob.tif",
-            site["labels"],
-            aoi_path=site.get("aoi"),
-            threshold=threshold,
-            site=site["name"],
-            image_path=Path(scenes_dir) / f"{scene['id']}.tif",
-            quicklook_png=out_dir / f"quicklook_{site['name']}.png",
+        scene = scene_for_aoi(site.get("aoi") or site["labels"], scenes)
+        specs.append(
+            {
+                "site": site["name"],
+                "prob_path": Path(predictions_dir) / f"{scene['id']}_prob.tif",
+                "labels_path": site["labels"],
+                "aoi_path": site.get("aoi"),
+                "threshold": threshold,
+                "image_path": Path(scenes_dir) / f"{scene['id']}.tif",
+                "quicklook_png": out_dir / f"quicklook_{site['name']}.png",
+            }
         )
-        results[site["name"]]["scene_id"] = scene["id"]
-        log.info("%s: pixel IoU %.3f", site["name"], results[site["name"]].get("pixel", {}).get("iou", float("nan")))
-    write_json(out_json, {"sites": results})
-    return results
+    document = evaluate_sites(specs, out_json)
+    for name, result in document["sites"].items():
+        log.info("%s: pixel IoU %s, object recall %s", name, result["pixel"]["iou"], result["object"]["recall"])
+    return document

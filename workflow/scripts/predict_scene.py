@@ -1,11 +1,13 @@
 """Snakemake script: sliding-window RTS probability (and pseudo-class QA map) over one whole scene."""
-from pixeldino.predict import predict_scene
+from pixeldino.pipeline import predict_scene_on
+from pixeldino.quality import find_quality_mask
 from pixeldino.runner import snakemake_stage
 
 
 def main() -> None:
     p = snakemake.params.predict
-    predict_scene(
+    predict_scene_on(
+        p["dask_scheduler"],
         snakemake.input.scene,
         snakemake.input.model,
         snakemake.output.prob,
@@ -17,6 +19,7 @@ def main() -> None:
         tta=p["tta"],
         device=p["device"],
         num_threads=snakemake.threads,
+        quality_mask=find_quality_mask(snakemake.input.scene),  # the SCL mask fetch wrote, if any (L2A)
     )
 
 
