@@ -48,6 +48,7 @@ SCHEMA: dict[str, str] = {
     "tile": "object",
     "datetime": "object",
     "touches_nodata": "bool",
+    "low_quality_fraction": "float64",
     "model": "object",
     "threshold": "float64",
 }
@@ -223,6 +224,20 @@ def _disk(radius: int) -> np.ndarray:
     return xx * xx + yy * yy <= radius * radius
 
 
+def _read_quality(path: str | os.PathLike[str], info: dict[str, Any], prob_path: Path) -> np.ndarray:
+    """The quality mask as an array on the probability raster's grid (InputError if it is on another grid)."""
+    try:
+        with rasterio.open(path) as src:
+            if src.crs != CRS.from_user_input(info["crs"]) or src.transform != info["transform"] or src.shape != tuple(info["shape"]):
+                raise InputError(
+                    f"{path}: quality mask is not on the grid of {prob_path} (CRS/transform/shape differ); "
+                    "use the mask fetched with this scene"
+                )
+            return src.read(1)
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read the quality mask ({exc}); re-fetch the scene") from None
+
+
 def polygonize_scene(
     prob_path: str | os.PathLike[str],
     out_gpkg: str | os.PathLike[str],
@@ -232,6 +247,7 @@ def polygonize_scene(
     opening_radius: int = 0,
     simplify_tolerance: float | None = None,
     attributes: dict[str, Any] | None = None,
+    quality_mask: str | os.PathLike[str] | None = None,
 ) -> gpd.GeoDataFrame:
     """Vectorise the RTS detections of one probability raster into a GeoPackage layer ``rts``.
 
@@ -246,10 +262,14 @@ def polygonize_scene(
         opening_radius: radius (pixels) of an optional binary opening with a disk before labelling; 0 = none.
         simplify_tolerance: topology-preserving simplification tolerance in CRS units; None = half a pixel.
         attributes: extra constant columns for every polygon (e.g. ``{"region": "Lena"}``).
+        quality_mask: optional uint8 quality mask on the raster's grid (nonzero = invalid/cloud/shadow/snow/water,
+            as written by :func:`pixeldino.fetch.fetch_scene`). It gives ``low_quality_fraction``: the share of the
+            one-pixel ring around the object that the mask flags (the prediction itself is nodata there), i.e. how
+            much of the slump's outline may be hidden; NaN without a mask.
 
     Returns:
         The written polygons: ``id, area_m2, perimeter_m, prob_mean, prob_max, n_pixels, scene_id, tile,
-        datetime, touches_nodata, model, threshold`` (+ ``attributes``), geometry MultiPolygon.
+        datetime, touches_nodata, low_quality_fraction, model, threshold`` (+ ``attributes``), geometry MultiPolygon.
     """
     prob_path = Path(prob_path)
     if opening_radius < 0 or min_area_m2 < 0:
@@ -268,6 +288,7 @@ def polygonize_scene(
         "threshold": thr,
     }
 
+    quality = _read_quality(quality_mask, info, prob_path) if quality_mask else None
     mask = positive_mask(values, info, thr)
     if opening_radius:
         mask = ndimage.binary_opening(mask, structure=_disk(opening_radius))
@@ -288,6 +309,7 @@ def polygonize_scene(
         ring = ndimage.binary_dilation(obj, structure=_EIGHT) & ~obj
         at_edge = sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == height or sl[1].stop == width
         touches = bool(at_edge or invalid_mask(values[r0:r1, c0:c1][ring], info).any())
+        low_quality = float((quality[r0:r1, c0:c1][ring] != 0).mean()) if quality is not None and ring.any() else np.nan
         window_transform = transform @ Affine.translation(c0, r0)
         pieces = [shape(g) for g, _ in shapes(obj.astype(np.uint8), mask=obj, connectivity=4, transform=window_transform)]
         geom = shapely.union_all(pieces)
@@ -308,6 +330,7 @@ def polygonize_scene(
                 "prob_max": float(p.max()),
                 "n_pixels": n_pixels,
                 "touches_nodata": touches,
+                "low_quality_fraction": low_quality,
             }
         )
         geoms.append(geom)

@@ -130,3 +130,30 @@ def test_missing_raster_is_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         polygonize_scene(tmp_path / "nope.tif", tmp_path / "rts.gpkg")
     assert not (tmp_path / "rts.gpkg").exists()
+
+
+def test_low_quality_fraction_from_the_quality_mask(tmp_path: Path) -> None:
+    dn = np.zeros((40, 40), np.uint8)
+    dn[10:20, 10:20] = 200  # a 10 x 10 object: its 8-connected one-pixel ring has 12 * 12 - 100 = 44 pixels
+    dn[30:34, 30:34] = 200  # a second object with a clear surrounding
+    prob = write_prob(tmp_path / "p.tif", dn)
+    quality = np.zeros((40, 40), np.uint8)
+    quality[9:21, 9] = 2  # cloud over the object's west ring column: 12 ring pixels
+    mask_path = tmp_path / "mask.tif"
+    with rasterio.open(prob) as src:
+        profile = dict(src.profile, nodata=None)
+    with rasterio.open(mask_path, "w", **profile) as dst:
+        dst.write(quality, 1)
+    gdf = polygonize_scene(prob, tmp_path / "rts.gpkg", quality_mask=mask_path).set_index("n_pixels")
+    assert gdf.loc[100, "low_quality_fraction"] == pytest.approx(12 / 44)
+    assert gdf.loc[16, "low_quality_fraction"] == 0.0
+    without = polygonize_scene(prob, tmp_path / "rts2.gpkg")
+    assert without["low_quality_fraction"].isna().all()
+
+    shifted = tmp_path / "shifted.tif"
+    with rasterio.open(shifted, "w", **dict(profile, transform=ORIGIN * Affine.translation(1, 0))) as dst:
+        dst.write(quality, 1)
+    from pixeldino.errors import InputError
+
+    with pytest.raises(InputError, match="not on the grid"):
+        polygonize_scene(prob, tmp_path / "rts3.gpkg", quality_mask=shifted)

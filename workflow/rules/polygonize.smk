@@ -1,6 +1,7 @@
 rule polygonize_scene:
     input:
         prob=f"{RESULTS}/predictions/{{scene}}_prob.tif",
+        sidecar=f"{RESULTS}/scenes/{{scene}}.json",
     output:
         polygons=f"{RESULTS}/polygons/{{scene}}.gpkg",
     params:

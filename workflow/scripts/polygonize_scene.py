@@ -1,5 +1,6 @@
 """Snakemake script: RTS probability raster -> polygons with attributes (GeoPackage layer 'rts')."""
 from pixeldino.polygonize import polygonize_scene
+from pixeldino.quality import find_quality_mask
 from pixeldino.runner import snakemake_stage
 
 
@@ -11,6 +12,8 @@ def main() -> None:
         threshold=p["threshold"],
         min_area_m2=p["min_area_m2"],
         opening_radius=p["opening_radius"],
+        # the sidecar names the scene's quality mask (L2A with SCL) or null
+        quality_mask=find_quality_mask(snakemake.input.sidecar.removesuffix(".json") + ".tif"),
     )
 
 
