@@ -23,13 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
-import pyogrio
 import rasterio
 from affine import Affine
 from rasterio.errors import RasterioIOError
-from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 from scipy import ndimage
@@ -37,7 +34,8 @@ from scipy import ndimage
 from pixeldino.bands import canonical_band
 from pixeldino.errors import ConfigError, InputError, PixeldinoError
 from pixeldino.io import atomic_output, write_json
-from pixeldino.polygonize import as_multipolygon, invalid_mask, positive_mask, read_probability, resolve_threshold
+from pixeldino.labels import burn, read_labels
+from pixeldino.polygonize import invalid_mask, positive_mask, read_probability, resolve_threshold
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 QUICKLOOK_BANDS = ("B04", "B03", "B02")
@@ -55,27 +53,6 @@ def _f1(precision: float | None, recall: float | None) -> float | None:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def _read_polygons(path: Path, crs: Any, what: str) -> gpd.GeoDataFrame:
-    """Polygons of a vector file reprojected to ``crs``; invalid geometries repaired, non-areal parts dropped."""
-    if not path.exists():
-        raise InputError(f"{path}: {what} file not found; check the path")
-    try:
-        gdf = pyogrio.read_dataframe(path)
-    except Exception as exc:  # pyogrio raises several types for unreadable files
-        raise InputError(f"{path}: cannot read {what} ({exc}); give a GeoPackage, GeoJSON or Shapefile") from None
-    if gdf.crs is None:
-        raise InputError(f"{path}: {what} have no CRS; set one (e.g. in QGIS) and retry")
-    gdf = gdf.to_crs(crs)
-    gdf["geometry"] = [as_multipolygon(g) if g is not None else None for g in gdf.geometry]
-    return gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)].reset_index(drop=True)
-
-
-def _burn(geoms: Sequence[Any], transform: Affine, shape: tuple[int, int]) -> np.ndarray:
-    if not len(geoms):
-        return np.zeros(shape, bool)
-    return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8").astype(bool)
-
-
 def _bounds_rows_cols(bounds: Sequence[float], transform: Affine, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """Row/column range ``(r0, r1, c0, c1)`` of the grid that covers ``bounds``; None when it misses the grid."""
     win = from_bounds(*bounds, transform=transform)
@@ -91,7 +68,7 @@ def _label_object_pixels(geom: Any, transform: Affine, shape: tuple[int, int]) -
     if rows_cols is None:
         return None
     r0, r1, c0, c1 = rows_cols
-    sub = _burn([geom], transform @ Affine.translation(c0, r0), (r1 - r0, c1 - c0))
+    sub = burn([geom], transform @ Affine.translation(c0, r0), (r1 - r0, c1 - c0))
     return (slice(r0, r1), slice(c0, c1)), sub
 
 
@@ -210,7 +187,7 @@ def evaluate_site(
     window = None
     aoi = None
     if aoi_path is not None:
-        aoi = _read_polygons(Path(aoi_path), crs, "AOI polygons")
+        aoi = read_labels(aoi_path, crs, what="AOI file")
         if aoi.empty:
             raise InputError(f"{aoi_path}: the AOI has no polygons")
         rows_cols = _bounds_rows_cols(aoi.total_bounds, full_transform, full_shape)
@@ -224,9 +201,9 @@ def evaluate_site(
 
     region = ~invalid_mask(values, info)
     if aoi is not None:
-        region &= _burn(list(aoi.geometry), transform, shape)
-    labels_gdf = _read_polygons(labels_path, crs, "label polygons")
-    label_mask = _burn(list(labels_gdf.geometry), transform, shape) & region
+        region &= burn(aoi, transform, shape)
+    labels_gdf = read_labels(labels_path, crs)
+    label_mask = burn(labels_gdf, transform, shape) & region
     predicted = positive_mask(values, info, thr) & region
 
     tp = int(np.count_nonzero(label_mask & predicted))

@@ -62,13 +62,16 @@ def clean_polygons(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return out.reset_index(drop=True)
 
 
-def read_labels(path: str | os.PathLike[str], crs: Any, layer: str | None = None) -> gpd.GeoDataFrame:
+def read_labels(
+    path: str | os.PathLike[str], crs: Any, layer: str | None = None, what: str = "label file"
+) -> gpd.GeoDataFrame:
     """Read RTS polygons from any vector file, reproject them to ``crs`` and repair them.
 
     Args:
         path: GeoPackage, Shapefile, GeoJSON, GeoParquet, ... (anything pyogrio reads, ``.parquet`` via pyarrow).
         crs: target CRS (anything :class:`pyproj.CRS` accepts, e.g. ``"EPSG:32608"`` or a rasterio CRS).
         layer: layer name for multi-layer files; the first layer when None.
+        what: how error messages name the file (e.g. "AOI file").
 
     Returns:
         A GeoDataFrame in ``crs`` with valid (Multi)Polygon geometries; it may be empty (no RTS in the area).
@@ -78,7 +81,7 @@ def read_labels(path: str | os.PathLike[str], crs: Any, layer: str | None = None
     """
     p = Path(path)
     if not p.exists():
-        raise InputError(f"label file {p} not found; check the path in your config")
+        raise InputError(f"{what} {p} not found; check the path in your config")
     try:
         if p.suffix.lower() in (".parquet", ".geoparquet"):
             gdf = gpd.read_parquet(p)
@@ -86,10 +89,10 @@ def read_labels(path: str | os.PathLike[str], crs: Any, layer: str | None = None
             gdf = gpd.read_file(p, layer=layer)
     except Exception as exc:  # pyogrio/pyarrow raise many types; the user needs the file name and the reason
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read label file {p} ({reason}); is it a valid vector file?") from exc
+        raise InputError(f"cannot read {what} {p} ({reason}); is it a valid vector file?") from exc
     if gdf.crs is None:
         raise InputError(
-            f"label file {p} has no CRS; assign the right one, e.g. `ogr2ogr -a_srs EPSG:32608 fixed.gpkg {p.name}`"
+            f"{what} {p} has no CRS; assign the right one, e.g. `ogr2ogr -a_srs EPSG:32608 fixed.gpkg {p.name}`"
         )
     if len(gdf):
         gdf = clean_polygons(gdf)
