@@ -128,7 +128,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kwargs = {k: v for k, v in vars(a).items() if k in fields and v is not None}
     kwargs["normalisation"] = {"method": a.normalisation}
-    metrics = train_from_store(a.chips, a.out_dir, TrainConfig(**kwargs), bands=a.bands)
+    metrics = train_from_store(a.chips, a.out_dir, TrainConfig(**kwargs), bands=a.bands, resume=a.resume)
     print({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
 
 
@@ -273,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int)
     p.add_argument("--beta", type=float)
     p.add_argument("--val-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--ema-momentum", type=float, help="initial teacher EMA momentum (0.996 for long runs)")
+    p.add_argument("--teacher-temperature", type=float)
+    p.add_argument("--fixmatch-threshold", type=float)
+    p.add_argument("--threads", dest="num_threads", type=int, help="CPU threads for torch")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start from scratch even if OUT_DIR holds a checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--normalisation", choices=["logsigmoid", "zscore", "scale"], default="logsigmoid")
