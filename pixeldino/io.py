@@ -106,6 +106,7 @@ def gtiff_to_cog(src: str | os.PathLike[str], dst: str | os.PathLike[str], **ove
     options = {k: v for k, v in COG_PROFILE.items() if k != "driver"}
     options.update(overrides)
     with atomic_output(dst) as tmp:
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        # a fixed block cache: GDAL's default (5 % of RAM) would grow with the raster being converted
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=256):
             rasterio.shutil.copy(str(src), str(tmp), driver="COG", **options)
     return Path(dst)

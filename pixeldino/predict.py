@@ -53,6 +53,9 @@ NODATA_U8 = 255
 #: One worker runs the (locked) forward pass while the other reads, normalises and blends the next block;
 #: more workers would only hold more blocks in memory.
 _DASK_WORKERS = 2
+#: GDAL block cache for the streamed writes and the COG conversion. GDAL's default (5 % of RAM) lets dirty blocks
+#: pile up in proportion to the scene; a fixed cache keeps memory independent of scene size.
+_GDAL_CACHE_MB = 256
 _MIN_PATCH = 64
 
 #: Fixed QA palette for pseudo-classes (tab20, Dark2 and four dark tones): the same colour means the same class
@@ -584,9 +587,19 @@ def predict_scene(
         stream_paths = [tmpdir / "probability.tif"] + ([tmpdir / "pseudo.tif"] if out_pseudo is not None else [])
         sinks = [stack.enter_context(rasterio.open(p, "w", **_stream_profile(src))) for p in stream_paths]
         targets = [_WindowWriter(s, threading.Lock()) for s in sinks]
-        sources = [pred[i] for i in range(len(sinks))]
-        with dask.config.set(scheduler="threads", num_workers=_DASK_WORKERS):
-            da.store(sources, targets, lock=False)
+        # One band of chunk-rows per dask computation: only that band's blocks and input chunks (plus the halo
+        # rows) are alive at once, so memory is bounded by the scene's width, not its area. Border patches still
+        # run through the model once: the predictor's patch cache outlives the bands.
+        row_edges = np.cumsum((0, *chunks[1]))
+        with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB), dask.config.set(scheduler="threads", num_workers=_DASK_WORKERS):
+            for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
+                rows = slice(int(r0), int(r1))
+                da.store(
+                    [pred[i, rows] for i in range(len(sinks))],
+                    targets,
+                    regions=[(rows, slice(None))] * len(sinks),
+                    lock=False,
+                )
 
         sinks[0].scales = (1.0 / PROBABILITY_SCALE,)
         sinks[0].set_band_description(1, "rts_probability")
