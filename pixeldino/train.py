@@ -642,7 +642,6 @@ class Trainer:
             label, known = (y_l == 1).float(), y_l != IGNORE
 
         terms: dict[str, torch.Tensor] = {}
-        n_l = x_l.shape[0]
         if not self.semi:
             with _autocast(self.device, self.amp):
                 rts, _ = self.forward(_model_layout(x_l, self.channels_last))
@@ -665,17 +664,22 @@ class Trainer:
                 confident = (p >= tau_rts) | (1.0 - p >= tau_bg)
                 pseudo = torch.stack([(p >= 0.5), confident], dim=1).float()
                 res_u = strong_augment(v1, pseudo, g, self.aug_config, self.value_range)
-            x_all = _model_layout(torch.cat([x_l, res_u.image], dim=0), self.channels_last)
+            # Two forward passes, not one over the concatenated batch: with batch norm, a mixed batch normalises
+            # the labelled (source) chips with statistics of the unlabelled (target) chips and vice versa, and the
+            # RTS head, trained on source pixels only, then fires on target imagery (seen on the synthetic
+            # domain-shift benchmark). The reference vmaps the model over the labelled/unlabelled groups, which
+            # keeps batch statistics per group, as this does.
             with _autocast(self.device, self.amp):
-                rts, s_pseudo = self.forward(x_all)
-            loss_l = labelled_loss(rts[:n_l], label, known)
+                rts, _ = self.forward(_model_layout(x_l, self.channels_last))
+                rts_u, s_pseudo = self.forward(_model_layout(res_u.image, self.channels_last))
+            loss_l = labelled_loss(rts, label, known)
             assert res_u.target is not None
             if cfg.mode == "pixeldino":
-                loss_u = distillation_loss(s_pseudo[n_l:], res_u.target, res_u.valid, cfg.student_temperature)
-                terms.update(collapse_monitors(t_probs, s_pseudo[n_l:].detach(), res_u.target, res_u.valid))
+                loss_u = distillation_loss(s_pseudo, res_u.target, res_u.valid, cfg.student_temperature)
+                terms.update(collapse_monitors(t_probs, s_pseudo.detach(), res_u.target, res_u.valid))
             else:
                 label_u, known_u = decode_label(res_u.target, res_u.valid)
-                loss_u = labelled_loss(rts[n_l:], label_u, known_u)
+                loss_u = labelled_loss(rts_u, label_u, known_u)
                 terms["confident_fraction"] = known_u.float().mean()
             loss = loss_l + cfg.beta * loss_u
             terms["loss_unlabelled"] = loss_u

@@ -1,0 +1,104 @@
+"""train_from_store on a REAL chip store: make_chips over small synthetic scenes with real RTS outlines."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import pytest
+import torch
+from shapely.geometry import box
+
+from pixeldino import synthetic
+from pixeldino.chip import ChipStore, make_chips
+from pixeldino.errors import PixeldinoError, TrainingError
+from pixeldino.modelio import load_model, read_metadata
+from pixeldino.train import TrainConfig, train_from_store
+
+BANDS = list(synthetic.BANDS)
+CHIP = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A labelled Horton scene (with its outlines and a west hold-out strip) and an unlabelled Herschel scene."""
+    d = tmp_path_factory.mktemp("scenes")
+    lab = synthetic.generate_scene("Horton", 0, 128, n_slumps=6)
+    unl = synthetic.generate_scene("Herschel", 1, 128)
+    paths = {
+        "scene": synthetic.write_scene(lab, d / "horton.tif"),
+        "labels": synthetic.write_labels(lab, d / "horton_rts.gpkg"),
+        "unlabelled": synthetic.write_scene(unl, d / "herschel.tif"),
+    }
+    left, top = lab.transform.c, lab.transform.f
+    strip = box(left, top - 128 * 10, left + CHIP * 10, top)  # the west 32 px
+    gpd.GeoDataFrame(geometry=[strip], crs=lab.crs).to_file(d / "holdout.geojson", driver="GeoJSON")
+    paths["holdout"] = d / "holdout.geojson"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def store(scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chips") / "chips.zarr"
+    stats = make_chips(
+        scenes=[scenes["scene"]], bands=BANDS, out_path=out, labels=scenes["labels"], holdout=scenes["holdout"],
+        unlabelled_scenes=[scenes["unlabelled"]], chip_size=CHIP, n_labelled=16, n_unlabelled=16, seed=0,
+    )  # fmt: skip
+    assert stats["counts"]["train"] == 16 and stats["counts"]["val"] >= 1 and stats["counts"]["unlabelled"] == 16
+    assert stats["counts"]["train_positive"] > 0
+    return out
+
+
+def tiny(mode: str, steps: int = 3) -> TrainConfig:
+    return TrainConfig(
+        mode=mode, steps=steps, batch_labelled=4, batch_unlabelled=4, warmup_steps=1, width=4, depth=2,
+        n_pseudo_classes=4, val_every=steps, checkpoint_every=steps, log_every=1, seed=0, num_threads=1,
+        ema_momentum=0.9,
+    )  # fmt: skip
+
+
+def test_train_from_a_real_store_exports_the_store_layout(store, tmp_path) -> None:
+    chip_store = ChipStore(store)
+    metrics = train_from_store(store, tmp_path, tiny("pixeldino"), bands=BANDS, progress=False)
+    assert metrics["step"] == 3 and metrics["exported"] == "teacher"
+    assert metrics["val"] is not None  # the hold-out strip became validation chips
+    meta = read_metadata(tmp_path / "model.json")
+    assert meta["bands"] == chip_store.bands == BANDS
+    assert meta["chip_size"] == chip_store.chip_size == CHIP
+    assert meta["architecture"]["in_channels"] == len(BANDS)
+    json.loads((tmp_path / "model.json").read_text())
+    model, _ = load_model(tmp_path / "model.safetensors")
+    assert model.config.in_channels == len(BANDS)
+
+
+def test_store_bands_must_match(store, tmp_path) -> None:
+    wanted = ["B02", "B03", "B04", "B08"]
+    with pytest.raises(TrainingError, match="expects B02, B03, B04, B08") as info:
+        train_from_store(store, tmp_path, tiny("supervised"), bands=wanted, progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_store_without_labelled_chips_is_a_one_line_error(scenes, tmp_path) -> None:
+    out = tmp_path / "unlabelled_only.zarr"
+    make_chips(scenes=[], bands=BANDS, out_path=out, unlabelled_scenes=[scenes["unlabelled"]], chip_size=CHIP,
+               n_labelled=0, n_unlabelled=4)  # fmt: skip
+    with pytest.raises(TrainingError, match="no labelled training chips") as info:
+        train_from_store(out, tmp_path / "model", tiny("supervised"), progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_empty_store_is_a_one_line_error(scenes, tmp_path) -> None:
+    out = tmp_path / "empty.zarr"
+    make_chips(scenes=[scenes["scene"]], bands=BANDS, out_path=out, chip_size=CHIP, n_labelled=0, n_unlabelled=0)
+    with pytest.raises(PixeldinoError, match="no chips") as info:
+        train_from_store(out, tmp_path / "model", tiny("supervised"), progress=False)
+    assert "\n" not in str(info.value)
