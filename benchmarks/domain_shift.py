@@ -24,7 +24,6 @@ Example (the recorded run, see BENCHMARKS.md)::
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -143,16 +142,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(job["threads"])
-    from pixeldino import train as train_module
-    from pixeldino.augment import StrongAugmentConfig
     from pixeldino.train import TrainConfig, train
 
     args = argparse.Namespace(**job["args"])
-    if args.strong_augment:
-        # TrainConfig has no field for the augmentation ranges (the trainer always uses the paper's
-        # StrongAugmentConfig()); for this ablation the benchmark swaps the trainer's default in this worker process.
-        overrides = json.loads(args.strong_augment)
-        train_module.StrongAugmentConfig = functools.partial(StrongAugmentConfig, **overrides)  # type: ignore[misc]
     data = build_data(args)
     cfg = TrainConfig(
         mode=job["mode"], steps=args.steps, batch_labelled=args.batch, batch_unlabelled=args.batch,
@@ -161,6 +153,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         teacher_temperature=args.teacher_temperature, center_momentum=args.center_momentum,
         fixmatch_threshold=args.fixmatch_threshold, val_every=max(1, args.steps // 6),
         checkpoint_every=args.steps, log_every=10, seed=job["seed"], num_threads=job["threads"], device="cpu",
+        augment=json.loads(args.strong_augment) if args.strong_augment else {},
     )  # fmt: skip
     out_dir = Path(args.work_dir) / f"{job['tag']}-{job['mode'].replace('+', '_')}-s{job['seed']}"
     t0 = time.perf_counter()

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 from affine import Affine

@@ -117,16 +117,6 @@ def main(argv: list[str] | None = None) -> None:
         print(summarise(Path(args.out)))
         return
     torch.set_num_threads(args.threads)
-    if args.strong_augment:
-        # TrainConfig has no field for the augmentation ranges (the trainer always uses the paper's
-        # StrongAugmentConfig()); for this ablation swap the trainer's default in this process.
-        import functools
-
-        from pixeldino import train as train_module
-        from pixeldino.augment import StrongAugmentConfig
-
-        overrides = json.loads(args.strong_augment)
-        train_module.StrongAugmentConfig = functools.partial(StrongAugmentConfig, **overrides)  # type: ignore[misc]
     cfg = yaml.safe_load(Path(args.config).read_text())
     bands = list(cfg["bands"])
     work = Path(args.work_dir)
@@ -150,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for mode in args.modes:
             train_cfg = dict(cfg["train"], mode=mode, seed=seed, device="cpu")
+            if args.strong_augment:
+                train_cfg["augment"] = json.loads(args.strong_augment)
             config = train_config_from(train_cfg, cfg["normalisation"], threads=args.threads)
             run_dir = work / f"{args.tag}-{mode.replace('+', '_')}-s{seed}"
             t0 = time.perf_counter()

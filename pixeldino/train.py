@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -74,7 +75,7 @@ CHECKPOINT_VERSION = 1
 _RESUME_FIELDS = (
     "mode", "batch_labelled", "batch_unlabelled", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip",
     "seed", "width", "depth", "n_pseudo_classes", "norm", "teacher_temperature", "student_temperature",
-    "center_momentum", "ema_momentum", "beta", "fixmatch_threshold",
+    "center_momentum", "ema_momentum", "beta", "fixmatch_threshold", "augment",
 )  # fmt: skip
 
 
@@ -115,6 +116,9 @@ class TrainConfig:
         amp: bf16 autocast (CUDA only; ignored on CPU).
         channels_last: channels-last memory format (CUDA only).
         compile: wrap the student forward in ``torch.compile``.
+        augment: overrides of the strong augmentation ranges (fields of
+            :class:`pixeldino.augment.StrongAugmentConfig`, e.g. ``{"brightness": 0.1, "contrast": 0.1}``); empty
+            means the paper's ranges. Short runs learn better with milder colour changes (BENCHMARKS.md).
         normalisation: radiometric normalisation spec (:mod:`pixeldino.normalise`); ``zscore`` without statistics
             gets them computed from the training chips.
     """
@@ -148,6 +152,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     normalisation: dict[str, Any] = field(default_factory=lambda: {"method": "logsigmoid"})
+    augment: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise :class:`TrainingError` (one line) for an inconsistent configuration."""
@@ -515,6 +520,15 @@ def _resolve_normalisation(spec: dict[str, Any], images: list[np.ndarray], n_ban
     return validate_spec(spec, n_bands)
 
 
+def strong_augment_config(overrides: dict[str, Any]) -> StrongAugmentConfig:
+    """The paper's strong augmentation ranges with ``overrides`` applied (lists become tuples)."""
+    known = {f.name for f in dataclasses.fields(StrongAugmentConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TrainingError(f"unknown augmentation setting(s) {unknown}; use any of {sorted(known)}")
+    return StrongAugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
 class Trainer:
     """One training run (see :func:`train`); holds models, optimiser, samplers and logging state."""
 
@@ -580,7 +594,7 @@ class Trainer:
             self.student.parameters(), lr=lr_at(1, config), weight_decay=config.weight_decay
         )
         self.center = torch.zeros(config.n_pseudo_classes, device=self.device)
-        self.aug_config = StrongAugmentConfig()
+        self.aug_config = strong_augment_config(config.augment)
         self.fixmatch_thresholds = _fixmatch_thresholds(config.fixmatch_threshold)
         self.aug_gen = torch.Generator(device=self.device)
         self.aug_gen.manual_seed(config.seed * 1000 + 7)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import csv
 import math
 import sys
@@ -276,3 +278,18 @@ def test_schedules_and_threshold_calibration() -> None:
     assert calibrate_threshold(counts) == 0.65
     assert calibrate_threshold(np.zeros((19, 3))) == 0.5
     assert math.isnan(metrics_from_counts(0, 0, 0)["iou"])
+
+
+def test_augmentation_overrides_reach_the_trainer(data, tmp_path) -> None:
+    from pixeldino.errors import TrainingError
+    from pixeldino.train import strong_augment_config
+
+    cfg = strong_augment_config({"brightness": 0.1, "gamma_range": [0.9, 1.11]})
+    assert cfg.brightness == 0.1 and cfg.gamma_range == (0.9, 1.11) and cfg.contrast == 0.5
+    with pytest.raises(TrainingError, match="unknown augmentation setting"):
+        strong_augment_config({"brightnes": 0.1})
+    # no colour change at all: the photometric part of the labelled augmentation is the identity
+    run(data, tmp_path / "m", tiny("supervised+aug", 2, augment={"brightness": 0.0, "contrast": 0.0,
+                                                                  "gamma_range": [1.0, 1.0], "blur_p": 0.0}))
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["training"]["augment"]["brightness"] == 0.0
