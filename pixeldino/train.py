@@ -24,7 +24,7 @@ only lag behind it).
 
 Outputs in ``out_dir``: ``model.safetensors`` + ``model.json`` (see :mod:`pixeldino.modelio`), ``training_log.csv``,
 ``training_curves.png``, ``checkpoint/`` (safetensors + JSON, no pickle) and, only if ``torch.utils.tensorboard``
-imports (tensorboard is optional), a TensorBoard event log in ``tensorboard/``.
+imports (a dependency; without it the event log is skipped), a TensorBoard event log in ``tensorboard/``.
 """
 
 from __future__ import annotations

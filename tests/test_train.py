@@ -293,3 +293,21 @@ def test_augmentation_overrides_reach_the_trainer(data, tmp_path) -> None:
                                                                   "gamma_range": [1.0, 1.0], "blur_p": 0.0}))
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["training"]["augment"]["brightness"] == 0.0
+
+
+def test_tensorboard_event_log_has_the_loss_terms_and_monitors(data, tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(data, tmp_path / "tb", tiny("pixeldino", 4, val_every=2, ema_momentum=0.9))
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    rows = read_log(tmp_path / "tb" / "training_log.csv")
+    assert len(rows) == 4
+    for column in ("loss", "loss_labelled", "loss_unlabelled", "usage_entropy", "teacher_entropy", "agreement"):
+        matching = [t for t in tags if t.split("/")[-1] == column]
+        assert matching, (column, sorted(tags))
+        values = [e.value for e in acc.Scalars(matching[0])]
+        assert values == pytest.approx([float(r[column]) for r in rows], rel=1e-4)
+    assert any(t.endswith("iou") for t in tags)
