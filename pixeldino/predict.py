@@ -582,7 +582,9 @@ def predict_scene(
             "OVERLAP": str(overlap),
             "TTA": str(bool(tta)).lower(),
         }
-        tags.update({k: scene_tags[k] for k in ("SCENE_ID", "TILE", "DATETIME") if k in scene_tags})
+        # provenance from the scene (pixeldino fetch writes lower-case names; accept either)
+        by_lower = {k.lower(): v for k, v in scene_tags.items()}
+        tags.update({k: by_lower[k.lower()] for k in ("SCENE_ID", "TILE", "DATETIME") if k.lower() in by_lower})
 
         stream_paths = [tmpdir / "probability.tif"] + ([tmpdir / "pseudo.tif"] if out_pseudo is not None else [])
         sinks = [stack.enter_context(rasterio.open(p, "w", **_stream_profile(src))) for p in stream_paths]

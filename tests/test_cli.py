@@ -73,6 +73,9 @@ def test_the_whole_chain_through_the_cli(tmp_path) -> None:
     with rasterio.open(tmp_path / "prob.tif") as src, rasterio.open(tmp_path / "pseudo.tif") as pseudo:
         assert src.shape == (251, 251) and src.nodata == 255
         assert float(src.tags()["THRESHOLD"]) == pytest.approx(meta["threshold"])
+        # provenance from the fetched scene travels with the prediction (and on to the polygons)
+        assert src.tags()["SCENE_ID"] == scenes["08WMA"] and src.tags()["TILE"] == "08WMA"
+        assert src.tags()["DATETIME"].startswith("2021-08-21")
         assert pseudo.read(1).max() < meta["architecture"]["n_pseudo_classes"]
         assert len(pseudo.colormap(1)) >= meta["architecture"]["n_pseudo_classes"]
 
@@ -80,11 +83,13 @@ def test_the_whole_chain_through_the_cli(tmp_path) -> None:
     run("polygonize", tmp_path / "prob.tif", "--out", tmp_path / "peel.gpkg", "--threshold", 0, "--min-area", 0)
     polygons = gpd.read_file(tmp_path / "peel.gpkg", layer="rts")
     assert len(polygons) == 1 and polygons.n_pixels.iloc[0] == 251 * 251
+    assert polygons.scene_id.iloc[0] == scenes["08WMA"] and polygons.tile.iloc[0] == "08WMA"
     assert polygons.area_m2.iloc[0] == pytest.approx(251 * 251 * 100, rel=1e-3)
 
     run("merge", tmp_path / "peel.gpkg", tmp_path / "peel.gpkg", "--out", tmp_path / "merged.gpkg")
     merged = gpd.read_file(tmp_path / "merged.gpkg", layer="rts")
     assert len(merged) == 1 and merged.n_detections.iloc[0] == 2 and merged.crs.to_epsg() == 3413
+    assert merged.scenes.iloc[0] == scenes["08WMA"] and merged.first_date.iloc[0] == "2021-08-21"
 
     run("evaluate", "--prediction", tmp_path / "prob.tif", "--labels", DEMO / "labels/peel_consensus.gpkg",
         "--aoi", DEMO / "aoi/peel.geojson", "--threshold", 0, "--site", "Peel", "--out", tmp_path / "m.json")

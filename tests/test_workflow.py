@@ -94,6 +94,7 @@ def test_end_to_end_demo(demo_run) -> None:
     assert polygons.crs.to_epsg() == 3413
     assert polygons.geometry.is_valid.all()
     assert {"rts_id", "area_m2", "n_detections", "scenes"} <= set(polygons.columns)
+    assert polygons.scenes.notna().all() and set(polygons.tiles) <= {"08WMA", "52WEE"}
 
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())["sites"]
     assert set(metrics) == {"Peel", "Peel_holdout", "Bykovsky"}
