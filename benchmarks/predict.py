@@ -114,7 +114,7 @@ def child_forward(a: argparse.Namespace) -> dict:
     import torch
 
     from pixeldino.modelio import load_model
-    from pixeldino.predict import resolve_device
+    from pixeldino.model import resolve_device
 
     torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
@@ -159,7 +159,8 @@ def child_inmemory(a: argparse.Namespace) -> dict:
 
     from pixeldino.modelio import load_model
     from pixeldino.normalise import normalise
-    from pixeldino.predict import patch_window, resolve_device
+    from pixeldino.model import resolve_device
+    from pixeldino.predict import patch_window
 
     torch.set_num_threads(a.threads)
     device = resolve_device(a.device)

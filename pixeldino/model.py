@@ -110,3 +110,14 @@ def build_model(config: UNetConfig) -> UNet:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+def resolve_device(name: str, what: str = "device") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU; ``"cuda"`` without a visible GPU is a one-line error."""
+    from pixeldino.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{what} is {name!r} but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    return torch.device(name)

@@ -43,7 +43,7 @@ from rasterio.windows import Window
 from pixeldino.bands import canonical_band
 from pixeldino.errors import ConfigError, InputError, ModelError, PixeldinoError
 from pixeldino.io import TILED_GTIFF_PROFILE, atomic_output, gtiff_to_cog
-from pixeldino.model import UNet
+from pixeldino.model import UNet, resolve_device
 from pixeldino.modelio import load_model
 from pixeldino.normalise import normalise
 
@@ -98,13 +98,6 @@ def model_id(model_path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:12]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _canonical_or_raw(name: str | None) -> str | None:
@@ -506,7 +499,7 @@ def predict_scene(
         raise ConfigError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be positive")
     if num_threads:
         torch.set_num_threads(num_threads)
-    dev = resolve_device(device)
+    dev = resolve_device(device, "predict device")
     model, meta = load_model(model_path, dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

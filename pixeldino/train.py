@@ -58,7 +58,7 @@ from pixeldino.augment import (
 )
 from pixeldino.errors import TrainingError
 from pixeldino.io import atomic_output
-from pixeldino.model import UNet, UNetConfig, build_model
+from pixeldino.model import UNet, UNetConfig, build_model, resolve_device
 from pixeldino.modelio import save_model
 from pixeldino.normalise import compute_zscore_stats, validate_spec
 
@@ -450,14 +450,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device is 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
-    return torch.device(name)
-
-
 def _check_inputs(
     labelled_images: np.ndarray,
     labelled_masks: np.ndarray,
@@ -549,7 +541,7 @@ class Trainer:
         self.out_dir = out_dir
         self.bands = list(bands)
         self.progress = progress
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device, "train.device")
         if self.device.type == "cpu" and config.num_threads:
             torch.set_num_threads(int(config.num_threads))
         self.semi = config.mode in SEMI_MODES

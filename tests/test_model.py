@@ -75,3 +75,13 @@ def test_missing_or_wrong_metadata_raise_model_error(tmp_path) -> None:
     meta_file.unlink()
     with pytest.raises(ModelError, match="metadata not found"):
         load_model(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_one_clear_error() -> None:
+    from pixeldino.errors import ConfigError
+    from pixeldino.model import resolve_device
+
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="train.device is 'cuda' but no CUDA GPU is visible"):
+        resolve_device("cuda", "train.device")
