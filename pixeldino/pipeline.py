@@ -85,25 +85,13 @@ def predict_scene_on(dask_scheduler: str | None, scene: str | os.PathLike[str], 
         return Path(future.result())
 
 
-def _aoi_geometry_4326(aoi_path: str | os.PathLike[str]) -> Any:
-    import geopandas as gpd
-
-    try:
-        aoi = gpd.read_file(aoi_path)
-    except Exception as exc:  # pyogrio raises several types for unreadable files
-        raise InputError(f"{aoi_path}: cannot read the AOI ({exc}); give a GeoPackage or GeoJSON") from None
-    if aoi.empty:
-        raise InputError(f"{aoi_path}: the AOI has no features")
-    if aoi.crs is None:
-        raise InputError(f"{aoi_path}: the AOI has no CRS; set one (e.g. in QGIS) and retry")
-    return aoi.to_crs(4326).union_all()
-
-
 def scene_for_aoi(aoi_path: str | os.PathLike[str], scenes: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest scene whose footprint covers most of the AOI."""
     from shapely.geometry import box
 
-    aoi = _aoi_geometry_4326(aoi_path)
+    from pixeldino.search import load_aoi
+
+    aoi = load_aoi(aoi_path)
     best = max(scenes, key=lambda s: box(*s["bbox"]).intersection(aoi).area, default=None)
     if best is None or box(*best["bbox"]).intersection(aoi).area == 0:
         raise InputError(f"{aoi_path}: no scene in the manifest covers this evaluation AOI; widen the search")
