@@ -12,7 +12,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pixeldino-installed
 
-.PHONY: venv demo test test-all lint dryrun report clean-demo
+.PHONY: venv demo test test-all lint dryrun report clean-demo bench-gpu
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ dryrun: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/demo/report.html
+
+## The GPU path measured (needs a CUDA GPU): full-tile inference end to end and the training step (BENCHMARKS.md)
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py --workdir benchmarks/out/gpu-work --out benchmarks/out/gpu.jsonl
 
 clean-demo:
 	rm -rf results/demo

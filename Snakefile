@@ -26,10 +26,14 @@ include: "workflow/rules/predict.smk"
 include: "workflow/rules/polygonize.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/change.smk"
+include: "workflow/rules/catalog.smk"
 
 
 rule all:
     input:
         f"{RESULTS}/rts_polygons.gpkg",
         evaluation_outputs(),
+        list(CHANGE_OUTPUTS.values()) if CHANGE else [],
+        f"{RESULTS}/stac",
     default_target: True

@@ -1,29 +1,35 @@
-"""Synthetic Arctic domain-shift benchmark: supervised baselines vs FixMatchSeg vs PixelDINO on held-out regions.
+"""Synthetic Arctic domain-shift benchmark: PixelDINO against its baselines and its own control, on held-out regions.
 
 Mirrors the PixelDINO paper's protocol on scenes from :mod:`pixeldino.synthetic` (procedural tundra with REAL
-RTS outlines pasted in):
+RTS outlines pasted in; regions differ per band, in slump and tundra spectra, texture, phenology, water and snow):
 
-* **labelled** regions Banks_Island, Horton, Tuktoyaktuk, Kolguev: train chips from scenes with seeds 0..2 (random
-  windows, about half containing RTS), validation chips by regular tiling of a scene with seed 50. Validation
-  and threshold calibration use ONLY these val chips;
-* **unlabelled target**: Herschel and Lena scenes with seeds 100..102 (random windows, no labels used);
-* **test**: Herschel and Lena scenes with seeds 1000..1002 — other scenes than the unlabelled ones, so the test
-  pixels are never seen in training, not even unlabelled — plus in-domain test scenes of the labelled regions
-  (seeds 1000..) to measure the domain gap. Whole scenes go through the exported model in one forward pass (the
-  UNet is fully convolutional), pixel IoU of the RTS class is accumulated over a region's test scenes.
+* **labelled** regions (``--labelled-regions``): train chips from scenes with seeds 0..2 (random windows, about
+  half containing RTS), validation chips by regular tiling of a scene with seed 50. Validation, threshold
+  calibration, the ``best`` export and every hyperparameter choice use ONLY these val chips;
+* **unlabelled target** (``--held-out-regions``): scenes with seeds 100..102 (random windows; their labels are used
+  only by the ``oracle`` mode);
+* **test**: ``--test-scenes`` scenes per region with seeds 1000.. — other scenes than the unlabelled ones, never
+  seen in training in any form — for the held-out regions and, to measure the domain gap, the labelled regions.
+  Whole scenes go through the model in one forward pass (the UNet is fully convolutional); pixel IoU of the RTS
+  class is pooled over a region's test scenes. ``--scene-seed-offset`` adds to every data seed (fresh scenes).
 
-The scene data is fixed (data seeds above); ``--seeds`` vary model initialisation, chip sampling order and
-augmentations. Each finished run appends one JSON line to ``--out``.
+Modes: ``supervised``, ``supervised+aug``, ``pixeldino-beta0`` (the PixelDINO pipeline with beta = 0: the control
+that differs from ``pixeldino`` only by the unlabelled loss), ``fixmatch``, ``pixeldino`` and ``oracle``
+(supervised+aug that also gets the labels of the target regions' unlabelled scenes: the upper bound). ``--seeds``
+vary model initialisation, chip order and augmentations, and are paired across modes. Each run appends one JSON
+line to ``--out``; ``--summary`` writes the paired comparison (mean differences with 95 % t intervals over seeds).
 
 Example (the recorded run, see BENCHMARKS.md)::
 
-    .venv/bin/python benchmarks/domain_shift.py --modes supervised supervised+aug fixmatch pixeldino \
-        --seeds 0 1 2 --steps 600 --jobs 2 --out benchmarks/out/domain_shift.jsonl
+    .venv/bin/python benchmarks/domain_shift.py --seeds 0 1 2 3 4 --jobs 2 --tag v2 \
+        --summary benchmarks/out/domain_shift_summary.json
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import os
 import platform
@@ -45,7 +51,19 @@ from pixeldino.labels import IGNORE  # noqa: E402
 TRAIN_SEEDS = (0, 1, 2)
 VAL_SEED = 50
 UNLABELLED_SEEDS = (100, 101, 102)
-TEST_SEEDS = (1000, 1001, 1002)
+TEST_SEED = 1000
+MODES = ("supervised", "supervised+aug", "pixeldino-beta0", "fixmatch", "pixeldino", "oracle")
+#: (benchmark mode) -> (TrainConfig.mode, overrides)
+MODE_CONFIG: dict[str, tuple[str, dict[str, Any]]] = {
+    "supervised": ("supervised", {}),
+    "supervised+aug": ("supervised+aug", {}),
+    "pixeldino-beta0": ("pixeldino", {"beta": 0.0}),
+    "fixmatch": ("fixmatch", {}),
+    "pixeldino": ("pixeldino", {}),
+    "oracle": ("supervised+aug", {}),
+}
+PAIRS = (("pixeldino", "supervised+aug"), ("pixeldino", "pixeldino-beta0"), ("fixmatch", "supervised+aug"),
+         ("pixeldino-beta0", "supervised+aug"))  # fmt: skip
 
 
 def _random_windows(
@@ -81,235 +99,320 @@ def _tiles(scene: synthetic.SyntheticScene, size: int) -> tuple[np.ndarray, np.n
     return np.stack(ims), np.stack(ms).astype(np.uint8)
 
 
+DATA_KEYS = ("chip_size", "scene_size", "test_scene_size", "test_scenes", "chips_per_region", "unlabelled_per_region",
+             "labelled_regions", "held_out_regions", "scene_seed_offset")  # fmt: skip
+
+
 def build_data(args: argparse.Namespace) -> dict[str, Any]:
-    """Chips for training/validation and whole test scenes (deterministic: fixed data seeds)."""
+    """Chips for training/validation, oracle labels and whole test scenes (deterministic: fixed data seeds)."""
     rng = np.random.default_rng(12345)
-    size, scene = args.chip_size, args.scene_size
+    off, size, scene = args.scene_seed_offset, args.chip_size, args.scene_size
     li, lm, vi, vm = [], [], [], []
-    for region in synthetic.LABELLED_REGIONS:
-        train_scenes = [synthetic.generate_scene(region, s, scene) for s in TRAIN_SEEDS]
+    for region in args.labelled_regions:
+        train_scenes = [synthetic.generate_scene(region, off + s, scene) for s in TRAIN_SEEDS]
         ims, ms = _random_windows(train_scenes, args.chips_per_region, size, 0.5, rng)
         li.append(ims)
         lm.append(ms)
-        ims, ms = _tiles(synthetic.generate_scene(region, VAL_SEED, scene), size)
+        ims, ms = _tiles(synthetic.generate_scene(region, off + VAL_SEED, scene), size)
         vi.append(ims)
         vm.append(ms)
-    ui = []
-    for region in args.unlabelled_regions:
-        un_scenes = [synthetic.generate_scene(region, s, scene) for s in UNLABELLED_SEEDS]
-        ims, _ = _random_windows(un_scenes, args.unlabelled_per_region, size, None, rng)
+    ui, um = [], []
+    for region in args.held_out_regions:
+        un_scenes = [synthetic.generate_scene(region, off + s, scene) for s in UNLABELLED_SEEDS]
+        ims, ms = _random_windows(un_scenes, args.unlabelled_per_region, size, None, rng)
         ui.append(ims)
-    test = {
-        region: [synthetic.generate_scene(region, s, args.test_scene_size) for s in TEST_SEEDS]
-        for region in (*synthetic.HELD_OUT_REGIONS, *synthetic.LABELLED_REGIONS)
-    }
-    data = {
-        "labelled_images": np.concatenate(li),
-        "labelled_masks": np.concatenate(lm),
-        "val_images": np.concatenate(vi),
-        "val_masks": np.concatenate(vm),
-        "unlabelled_images": np.concatenate(ui),
-    }
-    assert set(np.unique(data["labelled_masks"]).tolist()) <= {0, 1, IGNORE}
-    return {"chips": data, "test": test}
+        um.append(ms)
+    chips = {
+        "labelled_images": np.concatenate(li), "labelled_masks": np.concatenate(lm),
+        "val_images": np.concatenate(vi), "val_masks": np.concatenate(vm),
+        "unlabelled_images": np.concatenate(ui), "unlabelled_masks": np.concatenate(um),
+    }  # fmt: skip
+    assert set(np.unique(chips["labelled_masks"]).tolist()) <= {0, 1, IGNORE}
+    test: dict[str, Any] = {}
+    for region in (*args.held_out_regions, *args.labelled_regions):
+        scenes = [synthetic.generate_scene(region, off + TEST_SEED + k, args.test_scene_size)
+                  for k in range(args.test_scenes)]  # fmt: skip
+        test[region] = {
+            "images": np.stack([s.image for s in scenes]), "masks": np.stack([s.mask for s in scenes]),
+            "n_slumps": int(sum(len(s.slumps) for s in scenes)),
+        }  # fmt: skip
+    return {"chips": chips, "test": test}
 
 
-def scene_iou(model_path: Path, scenes: list[synthetic.SyntheticScene], thresholds: dict[str, float]) -> dict[str, Any]:
-    """Pixel IoU over the scenes for each named threshold (whole-scene forward passes)."""
-    import torch
-
-    from pixeldino.modelio import load_model
-    from pixeldino.normalise import normalise
-
-    model, meta = load_model(model_path)
-    counts = {k: np.zeros(3) for k in thresholds}
-    with torch.no_grad():
-        for sc in scenes:
-            x = torch.from_numpy(normalise(sc.image, meta["normalisation"], band_axis=0)[None].astype(np.float32))
-            p = torch.sigmoid(model(x)[0][0, 0]).numpy()
-            y = sc.mask == 1
-            for k, t in thresholds.items():
-                pred = p >= t
-                counts[k] += [np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)]
-    out = {}
-    for k, (tp, fp, fn) in counts.items():
-        out[k] = float(tp / (tp + fp + fn)) if tp + fp + fn else None
+def cached_data(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`build_data`, cached in ``--work-dir`` by the data arguments (every job of a run reads one file)."""
+    source = Path(synthetic.__file__).read_bytes()  # a change of the scene generator makes new data
+    key = json.dumps({k: getattr(args, k) for k in DATA_KEYS}, sort_keys=True) + hashlib.sha256(source).hexdigest()
+    path = Path(args.work_dir) / f"data-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+    if not path.exists():
+        data = build_data(args)
+        flat = {f"chips/{k}": v for k, v in data["chips"].items()}
+        for region, t in data["test"].items():
+            flat.update({f"test/{region}/{k}": np.asarray(v) for k, v in t.items()})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **flat)
+        os.replace(tmp, path)
+    with np.load(path) as z:
+        out: dict[str, Any] = {"chips": {}, "test": {}}
+        for name in z.files:
+            parts = name.split("/")
+            if parts[0] == "chips":
+                out["chips"][parts[1]] = z[name]
+            else:
+                value = z[name]
+                out["test"].setdefault(parts[1], {})[parts[2]] = int(value) if value.ndim == 0 else value
     return out
 
 
+def scene_iou(model: Any, spec: dict[str, Any], test: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
+    """Pixel IoU pooled over a region's test scenes for each named threshold (whole-scene forward passes)."""
+    import torch
+
+    from pixeldino.normalise import normalise
+
+    counts = {k: np.zeros(3) for k in thresholds}
+    model.eval()
+    with torch.no_grad():
+        for image, mask in zip(test["images"], test["masks"]):
+            x = torch.from_numpy(normalise(image, spec, band_axis=0)[None].astype(np.float32))
+            p = torch.sigmoid(model(x)[0][0, 0]).numpy()
+            y = mask == 1
+            for k, t in thresholds.items():
+                pred = p >= t
+                counts[k] += [np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)]
+    return {k: (float(tp / (tp + fp + fn)) if tp + fp + fn else None) for k, (tp, fp, fn) in counts.items()}
+
+
+def train_config(job: dict[str, Any]) -> Any:
+    """The :class:`TrainConfig` of one benchmark run (``--train-json`` overrides last)."""
+    from pixeldino.train import TrainConfig
+
+    args = argparse.Namespace(**job["args"])
+    mode, overrides = MODE_CONFIG[job["mode"]]
+    base = dict(
+        mode=mode, steps=args.steps, batch_labelled=args.batch, batch_unlabelled=args.batch, lr=args.lr,
+        width=args.width, depth=args.depth, n_pseudo_classes=args.k, norm=args.norm, beta=args.beta,
+        teacher_temperature=args.teacher_temperature, center_momentum=args.center_momentum,
+        fixmatch_threshold=args.fixmatch_threshold, val_every=max(1, args.steps // 5), checkpoint_every=args.steps,
+        log_every=10, seed=job["seed"], num_threads=job["threads"], device="cpu",
+        augment=json.loads(args.strong_augment) if args.strong_augment else {},
+    )  # fmt: skip
+    base.update(json.loads(args.train_json) if args.train_json else {})
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one (mode, seed) and evaluate it; returns the JSON record."""
+    """Train one (mode, seed); evaluate the exported model and the student on every region's test scenes."""
     import torch
 
     torch.set_num_threads(job["threads"])
-    from pixeldino.train import TrainConfig, train
+    from pixeldino.train import Trainer
 
     args = argparse.Namespace(**job["args"])
-    data = build_data(args)
-    cfg = TrainConfig(
-        mode=job["mode"], steps=args.steps, batch_labelled=args.batch, batch_unlabelled=args.batch,
-        lr=args.lr, warmup_steps=max(1, args.steps // 10), width=args.width, depth=args.depth,
-        n_pseudo_classes=args.k, norm=args.norm, ema_momentum=args.ema_momentum, beta=args.beta,
-        teacher_temperature=args.teacher_temperature, center_momentum=args.center_momentum,
-        fixmatch_threshold=args.fixmatch_threshold, val_every=max(1, args.steps // 6),
-        checkpoint_every=args.steps, log_every=10, seed=job["seed"], num_threads=job["threads"], device="cpu",
-        augment=json.loads(args.strong_augment) if args.strong_augment else {},
-    )  # fmt: skip
+    data = cached_data(args)
+    cfg = train_config(job)
+    chips = dict(data["chips"])
+    unl_images, unl_masks = chips.pop("unlabelled_images"), chips.pop("unlabelled_masks")
+    if job["mode"] == "oracle":
+        chips["labelled_images"] = np.concatenate([chips["labelled_images"], unl_images])
+        chips["labelled_masks"] = np.concatenate([chips["labelled_masks"], unl_masks])
     out_dir = Path(args.work_dir) / f"{job['tag']}-{job['mode'].replace('+', '_')}-s{job['seed']}"
     t0 = time.perf_counter()
-    chips = data["chips"]
-    if cfg.mode not in ("fixmatch", "pixeldino"):
-        chips = {k: v for k, v in chips.items() if k != "unlabelled_images"}
-    metrics = train(**chips, bands=list(synthetic.BANDS), out_dir=out_dir, config=cfg, resume=False, progress=False)
+    trainer = Trainer(
+        **chips, unlabelled_images=unl_images if cfg.mode in ("fixmatch", "pixeldino") else None,
+        bands=list(synthetic.BANDS), out_dir=out_dir, config=cfg, progress=False,
+    )  # fmt: skip
+    metrics = trainer.run(resume=False)
     seconds = time.perf_counter() - t0
-    thresholds = {"p0.5": 0.5, "calibrated": float(metrics["threshold"])}
-    test = {region: scene_iou(out_dir / "model.safetensors", scenes, thresholds) for region, scenes in data["test"].items()}
-    last = {}
-    log_path = out_dir / "training_log.csv"
-    if log_path.exists():
-        import csv
-
-        rows = list(csv.DictReader(log_path.open()))
-        for key in ("usage_entropy", "teacher_entropy", "agreement", "confident_fraction", "loss_unlabelled"):
-            vals = [float(r[key]) for r in rows[-5:] if r.get(key) not in (None, "")]
-            if vals:
-                last[key] = float(np.mean(vals))
+    evaluated: dict[str, Any] = {}
+    for name in ("exported", "student"):
+        key = metrics["exported"] if name == "exported" else "student"
+        cand = metrics["candidates"][key]
+        thresholds = {"p0.5": 0.5, "calibrated": float(cand["threshold"])}
+        per_region = {r: scene_iou(trainer.final_models[key], trainer.spec, t, thresholds) for r, t in data["test"].items()}
+        evaluated[name] = {
+            "val_iou": (cand["val"] or {}).get("iou"), "val_iou_calibrated": (cand["val_at_threshold"] or {}).get("iou"),
+            "threshold": cand["threshold"], "test_iou": {r: v["p0.5"] for r, v in per_region.items()},
+            "test_iou_calibrated": {r: v["calibrated"] for r, v in per_region.items()},
+        }  # fmt: skip
+    last: dict[str, float] = {}
+    rows = list(csv.DictReader((out_dir / "training_log.csv").open()))
+    for key in ("usage_entropy", "teacher_entropy", "agreement", "confident_fraction", "loss_unlabelled"):
+        vals = [float(r[key]) for r in rows[-5:] if r.get(key) not in (None, "")]
+        if vals:
+            last[key] = float(np.mean(vals))
     return {
-        "tag": job["tag"],
-        "mode": job["mode"],
-        "seed": job["seed"],
-        "steps": cfg.steps,
-        "val_iou": metrics["val"]["iou"] if metrics["val"] else None,
-        "val_iou_calibrated": (metrics["val_at_threshold"] or {}).get("iou"),
-        "threshold": metrics["threshold"],
-        "test_iou": {r: v["p0.5"] for r, v in test.items()},
-        "test_iou_calibrated": {r: v["calibrated"] for r, v in test.items()},
-        "monitors_last50": last,
-        "train_seconds": round(seconds, 1),
+        "tag": job["tag"], "mode": job["mode"], "seed": job["seed"], "steps": cfg.steps,
+        "exported": metrics["exported"], **evaluated["exported"], "student": evaluated["student"],
+        "monitors_last50": last, "train_seconds": round(seconds, 1),
         "n_chips": {k: int(len(v)) for k, v in data["chips"].items()},
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("normalisation",)},
-        "data": {k: v for k, v in job["args"].items() if k not in ("work_dir", "out")},
-        "machine": f"{platform.node()} {os.cpu_count()} cpu",
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+        "n_test_slumps": {r: t["n_slumps"] for r, t in data["test"].items()},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "normalisation"},
+        "data": {k: v for k, v in job["args"].items() if k not in ("work_dir", "out", "summary")},
+        "machine": f"{platform.node()} {os.cpu_count()} cpu", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }  # fmt: skip
 
 
-def summarise(path: Path, tag: str) -> str:
-    """Markdown tables (mean ± std over seeds) of the records with ``tag``: IoU at p = 0.5 and at the threshold
-    calibrated on the labelled-region val chips."""
+# ---------------------------------------------------------------------------------------------------- reporting
+def _records(path: Path, tag: str) -> list[dict[str, Any]]:
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    recs = [r for r in recs if r["tag"] == tag]
-    modes = [m for m in ("supervised", "supervised+aug", "fixmatch", "pixeldino") if any(r["mode"] == m for r in recs)]
-    regions = [*synthetic.HELD_OUT_REGIONS, *synthetic.LABELLED_REGIONS]
-    lines = []
-    for key, title in (("test_iou", "p = 0.5"), ("test_iou_calibrated", "val-calibrated threshold")):
-        lines += [f"IoU (%) at {title}, tag `{tag}`:", ""]
-        lines.append("| mode | seeds | val (labelled regions) | " + " | ".join(regions) + " | held-out mean |")
-        lines.append("|---|---|---|" + "---|" * (len(regions) + 1))
-        for m in modes:
-            rs = [r for r in recs if r["mode"] == m]
-            val_key = "val_iou" if key == "test_iou" else "val_iou_calibrated"
-
-            def fmt(vals: list[float]) -> str:
-                a = 100 * np.asarray(vals, dtype=float)
-                return f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.1f}"
-
-            cells = [fmt([r[val_key] or 0.0 for r in rs])]
-            cells += [fmt([r[key][reg] or 0.0 for r in rs]) for reg in regions]
-            cells.append(fmt([np.mean([r[key][reg] or 0.0 for reg in synthetic.HELD_OUT_REGIONS]) for r in rs]))
-            lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+    return [r for r in recs if r["tag"] == tag]
 
 
-def target_positive_rate(args: argparse.Namespace, tag: str) -> str:
-    """Label-free check of every run of ``tag``: the share of UNLABELLED target pixels the exported model calls
-    RTS (at its calibrated threshold), next to the RTS share of the labelled training chips. Slumps cover a few
-    per cent of a chip at most, so a model that calls a large share of the target RTS is broken, and this is
-    visible without any target label."""
-    import torch
+def _held_out_mean(rec: dict[str, Any], key: str, regions: list[str]) -> float:
+    return 100.0 * float(np.mean([rec[key][r] or 0.0 for r in regions]))
 
-    from pixeldino.modelio import load_model
-    from pixeldino.normalise import normalise
 
-    torch.set_num_threads(args.threads or 1)
-    chips = build_data(args)["chips"]
-    x = torch.from_numpy(normalise(chips["unlabelled_images"], {"method": "logsigmoid"}, band_axis=1).astype(np.float32))
-    lines = [f"labelled train chips: {100 * float((chips['labelled_masks'] == 1).mean()):.1f} % RTS pixels", "",
-             "| run | val IoU (cal.) | unlabelled target pixels called RTS (%) |", "|---|---|---|"]  # fmt: skip
-    recs = {(r["mode"], r["seed"]): r for r in map(json.loads, Path(args.out).read_text().splitlines()) if r["tag"] == tag}
-    for (mode, seed), rec in sorted(recs.items()):
-        run = Path(args.work_dir) / f"{tag}-{mode.replace('+', '_')}-s{seed}" / "model.safetensors"
-        model, meta = load_model(run)
-        with torch.no_grad():
-            p = torch.cat([torch.sigmoid(model(x[i : i + 64])[0]) for i in range(0, len(x), 64)])
-        rate = float((p >= meta["threshold"]).float().mean())
-        lines.append(f"| {mode} s{seed} | {100 * (rec['val_iou_calibrated'] or 0):.1f} | {100 * rate:.1f} |")
+def paired(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Mean of the paired differences ``a - b`` and its 95 % t interval (None with fewer than 2 pairs)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) < 2:
+        return {"mean": float(d.mean()) if len(d) else None, "ci95": None, "n": int(len(d))}
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)], "n": int(len(d))}
+
+
+def summary(recs: list[dict[str, Any]], held_out: list[str], labelled: list[str]) -> dict[str, Any]:
+    """The ``--summary`` JSON: per mode held-out mean/std/per-region IoU (%, calibrated, exported model), the same
+    at p = 0.5 and for the student, in-domain IoU, the share of the oracle's gap closed, and paired differences."""
+    by_mode: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in recs:
+        by_mode.setdefault(r["mode"], {})[r["seed"]] = r
+
+    def vals(mode: str, key: str, regions: list[str], student: bool = False) -> dict[int, float]:
+        return {s: _held_out_mean(r["student"] if student else r, key, regions) for s, r in by_mode[mode].items()}
+
+    modes: dict[str, Any] = {}
+    for mode in [m for m in MODES if m in by_mode]:
+        cal = vals(mode, "test_iou_calibrated", held_out)
+        a = np.array(list(cal.values()))
+        modes[mode] = {
+            "seeds": sorted(cal), "held_out_mean": float(a.mean()), "held_out_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "per_region": {reg: float(np.mean([100 * (r["test_iou_calibrated"][reg] or 0) for r in by_mode[mode].values()]))
+                           for reg in held_out},
+            "held_out_mean_p05": float(np.mean(list(vals(mode, "test_iou", held_out).values()))),
+            "held_out_mean_student": float(np.mean(list(vals(mode, "test_iou_calibrated", held_out, True).values()))),
+            "in_domain_mean": float(np.mean(list(vals(mode, "test_iou_calibrated", labelled).values()))),
+            "val_iou_calibrated": float(np.mean([100 * (r["val_iou_calibrated"] or 0) for r in by_mode[mode].values()])),
+            "exported": sorted({r["exported"] for r in by_mode[mode].values()}),
+        }  # fmt: skip
+    out: dict[str, Any] = {"modes": modes, "paired": {}, "oracle_gap_closed": {}}
+    for a_mode, b_mode in PAIRS:
+        if a_mode in by_mode and b_mode in by_mode:
+            seeds = sorted(set(by_mode[a_mode]) & set(by_mode[b_mode]))
+            va, vb = vals(a_mode, "test_iou_calibrated", held_out), vals(b_mode, "test_iou_calibrated", held_out)
+            out["paired"][f"{a_mode}-{b_mode}"] = paired([va[s] for s in seeds], [vb[s] for s in seeds])
+    if "oracle" in modes and "supervised+aug" in modes:
+        lo, hi = modes["supervised+aug"]["held_out_mean"], modes["oracle"]["held_out_mean"]
+        for mode in ("pixeldino-beta0", "fixmatch", "pixeldino"):
+            if mode in modes and hi > lo:
+                out["oracle_gap_closed"][mode] = (modes[mode]["held_out_mean"] - lo) / (hi - lo)
+    return out
+
+
+def markdown(summ: dict[str, Any], recs: list[dict[str, Any]], held_out: list[str], labelled: list[str]) -> str:
+    """Tables for BENCHMARKS.md from a :func:`summary`."""
+    lines = [
+        "| mode | seeds | val (cal.) | in-domain test | " + " | ".join(held_out) + " | **held-out mean** | at p = 0.5 | "
+        "student | exported |",
+        "|---|---|---|---|" + "---|" * len(held_out) + "---|---|---|---|",
+    ]
+    for mode, m in summ["modes"].items():
+        regions = " | ".join(f"{m['per_region'][r]:.1f}" for r in held_out)
+        lines.append(
+            f"| {mode} | {len(m['seeds'])} | {m['val_iou_calibrated']:.1f} | {m['in_domain_mean']:.1f} | {regions} | "
+            f"**{m['held_out_mean']:.1f} ± {m['held_out_std']:.1f}** | {m['held_out_mean_p05']:.1f} | "
+            f"{m['held_out_mean_student']:.1f} | {', '.join(m['exported'])} |"
+        )
+    lines += ["", "| paired difference (held-out mean, points) | mean | 95 % interval | seeds |", "|---|---|---|---|"]
+    for name, p in summ["paired"].items():
+        ci = f"[{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}]" if p["ci95"] else "n/a"
+        lines.append(f"| {name} | {p['mean']:+.1f} | {ci} | {p['n']} |")
+    if summ["oracle_gap_closed"]:
+        lines += ["", "Share of the oracle's gap (oracle − supervised+aug) closed: " + ", ".join(
+            f"{k} {100 * v:.0f} %" for k, v in summ["oracle_gap_closed"].items())]  # fmt: skip
+    if recs:
+        counts = recs[0]["n_test_slumps"]
+        lines += ["", "Test slumps per region: " + ", ".join(f"{r} {counts[r]}" for r in (*held_out, *labelled))]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--modes", nargs="+", default=["supervised", "supervised+aug", "fixmatch", "pixeldino"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--labelled-regions", nargs="+", default=list(synthetic.LABELLED_REGIONS), choices=list(synthetic.REGIONS))
+    p.add_argument("--held-out-regions", nargs="+", default=list(synthetic.HELD_OUT_REGIONS), choices=list(synthetic.REGIONS))
+    p.add_argument("--scene-seed-offset", type=int, default=0, help="added to every data seed: fresh scenes")
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--norm", default="batch", choices=["batch", "group"])
+    p.add_argument("--norm", default="layer", choices=["layer", "batch", "group"])
     p.add_argument("--k", type=int, default=24, help="pseudo-classes")
-    p.add_argument("--ema-momentum", type=float, default=0.99)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--teacher-temperature", type=float, default=0.5)
     p.add_argument("--center-momentum", type=float, default=0.9)
     p.add_argument("--fixmatch-threshold", type=float, default=0.9)
     p.add_argument("--chip-size", type=int, default=64)
     p.add_argument("--scene-size", type=int, default=256)
-    p.add_argument("--test-scene-size", type=int, default=320)
+    p.add_argument("--test-scene-size", type=int, default=384)
+    p.add_argument("--test-scenes", type=int, default=8, help="test scenes per region")
     p.add_argument("--chips-per-region", type=int, default=96)
     p.add_argument("--unlabelled-per-region", type=int, default=192)
-    p.add_argument("--unlabelled-regions", nargs="+", default=list(synthetic.HELD_OUT_REGIONS))
     p.add_argument("--strong-augment", default=None,
-                   help="JSON overrides of StrongAugmentConfig for this run (ablation), e.g. '{\"brightness\": 0}'")
+                   help="JSON overrides of StrongAugmentConfig (train.augment), e.g. '{\"brightness\": 0.1}'")
+    p.add_argument("--train-json", default=None, help="JSON overrides of any TrainConfig field (ablations)")
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 if jobs > 1)")
     p.add_argument("--tag", default="main")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "out" / "domain_shift_runs"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "domain_shift.jsonl"))
+    p.add_argument("--summary", help="write the paired comparison of --tag (all its records in --out) as JSON here")
     p.add_argument("--report", action="store_true", help="print the tables of --tag from --out and exit")
     args = p.parse_args(argv)
-    if args.report:
-        print(summarise(Path(args.out), args.tag))
-        print(target_positive_rate(args, args.tag))
-        return
-    threads = args.threads or (1 if args.jobs > 1 else max(1, (os.cpu_count() or 1)))
-    job_args = {k: v for k, v in vars(args).items() if k not in ("modes", "seeds", "jobs", "threads", "tag")}
-    jobs = [
-        {"mode": m, "seed": s, "tag": args.tag, "threads": threads, "args": job_args}
-        for s in args.seeds
-        for m in args.modes
-    ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        threads = args.threads or (1 if args.jobs > 1 else max(1, (os.cpu_count() or 1)))
+        skip = ("modes", "seeds", "jobs", "threads", "tag", "report")
+        job_args = {k: v for k, v in vars(args).items() if k not in skip}
+        data = cached_data(args)  # once, before the workers start
+        print("test slumps per region:", {r: t["n_slumps"] for r, t in data["test"].items()}, flush=True)
+        jobs = [{"mode": m, "seed": s, "tag": args.tag, "threads": threads, "args": job_args}
+                for s in args.seeds for m in args.modes]  # fmt: skip
+        # the longest runs first, so that two workers finish together
+        jobs.sort(key=lambda j: MODE_CONFIG[j["mode"]][0] not in ("fixmatch", "pixeldino"))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
 
-    def record(rec: dict[str, Any]) -> None:
-        with out.open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        iou = " ".join(f"{r}={v:.3f}" for r, v in rec["test_iou"].items() if v is not None)
-        print(f"[{rec['tag']}] {rec['mode']:15s} seed {rec['seed']}: val {rec['val_iou']:.3f} | {iou} "
-              f"({rec['train_seconds']:.0f}s)", flush=True)
+        def record(rec: dict[str, Any]) -> None:
+            with out.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            iou = " ".join(f"{r}={v:.3f}" for r, v in rec["test_iou_calibrated"].items() if v is not None)
+            print(f"[{rec['tag']}] {rec['mode']:15s} seed {rec['seed']}: val {rec['val_iou_calibrated'] or 0:.3f} | "
+                  f"{iou} ({rec['train_seconds']:.0f}s, {rec['exported']})", flush=True)  # fmt: skip
 
-    if args.jobs <= 1:
-        for job in jobs:
-            record(run_one(job))
-    else:
-        import multiprocessing as mp
+        if args.jobs <= 1:
+            for job in jobs:
+                record(run_one(job))
+        else:
+            import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, job) for job in jobs]
-            for fut in as_completed(futures):
-                record(fut.result())
+            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+                for fut in as_completed([pool.submit(run_one, job) for job in jobs]):
+                    record(fut.result())
+        print(f"wall time {time.perf_counter() - t0:.0f} s", flush=True)
+    recs = _records(Path(args.out), args.tag)
+    summ = summary(recs, args.held_out_regions, args.labelled_regions)
+    print(markdown(summ, recs, args.held_out_regions, args.labelled_regions))
+    if args.summary:
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(json.dumps(summ, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,29 @@
-"""Scene inference throughput and memory: streamed dask prediction vs the raw model vs a naive in-memory peer.
+"""Scene inference throughput and memory, per inference engine: streamed prediction vs the engine's raw forward
+vs a naive in-memory peer, side by side in one run.
 
 Synthesises a uint16 scene (``--size`` squared, ``--bands`` bands) on disk in strips, saves a randomly initialised
-UNet of ``--width``, then runs each measurement in its own child process so that peak RSS is that run's alone::
+UNet of ``--width`` (the model's default norm unless ``--norm``), then runs each measurement in its own child
+process so that peak RSS is that run's alone::
 
-    python benchmarks/predict.py --size 2745
-    python benchmarks/predict.py --size 5490 --inmemory
-    python benchmarks/predict.py --size 2745 --device cuda --batch-size 32
+    python benchmarks/predict.py --size 2745 --backends torch openvino
+    python benchmarks/predict.py --size 5490 --backends torch onnxruntime openvino --inmemory
+    python benchmarks/predict.py --size 10980 --backends openvino --forward-batches 4
+    python benchmarks/predict.py --size 2745 --device cuda --batch-size 32 --backends torch
 
-Prints one JSON line per measurement and a final summary line:
+Prints one JSON line per measurement and a final summary line per engine:
 
-* ``predict``: :func:`pixeldino.predict.predict_scene` end to end (read, normalise, forward, blend, write, COG);
-  ``patches`` is the number of distinct patches on the global grid, ``forwarded`` how many the model actually ran
-  (patches straddling a chunk border are run by both blocks);
-* ``forward``: the model alone on random tensors of the same patch and batch size (``--forward-batches`` batches
-  after one warm-up batch), timed in the main thread and in a worker thread (where predict runs it); the faster
-  counts;
-* ``inmemory`` (with ``--inmemory``): the whole scene read into RAM, every patch cut into one array, whole-scene
-  accumulators: what naive peers do;
+* ``forward``: the engine alone (:func:`pixeldino.engines.load_engine`, exported once into the work dir's cache,
+  so the scene runs find it ready, like the 2nd to 1000th scene job of a workflow) on random tensors of the same
+  patch and batch size (``--forward-batches`` batches after one warm-up batch), timed in the main thread and in a
+  worker thread (where predict runs it); the faster counts;
+* ``predict``: :func:`pixeldino.predict.predict_scene` end to end with that engine (read, normalise, forward,
+  blend, write, COG); ``patches`` is the number of distinct patches on the global grid, ``forwarded`` how many
+  the model actually ran (all-nodata patches are skipped; a patch straddling a chunk border is run once);
+* ``inmemory`` (with ``--inmemory``): the peers' approach with their engine, eager PyTorch: the whole scene read
+  into RAM, every patch cut into one array up front, whole-scene float accumulators;
 * ``summary``: ``ratio`` = (distinct patches / predict wall time) / raw forward patches per second (the faster
   of a forward run before and one after the scene run); ``ratio_cpu_time`` the same with process CPU time, which
-  is less sensitive to other load on a shared machine.
+  is less sensitive to other load on a shared machine; ``speedup_vs_inmemory`` and ``rss_inmemory_vs_predict``.
 """
 
 from __future__ import annotations
@@ -66,14 +70,14 @@ def synthesise_scene(path: Path, size: int, n_bands: int, seed: int = 0) -> None
         dst.update_tags(SCENE_ID="BENCHMARK", TILE="08WMC", DATETIME="2023-07-01T20:00:00Z")
 
 
-def save_random_model(path: Path, n_bands: int, width: int, patch: int) -> None:
+def save_random_model(path: Path, n_bands: int, width: int, patch: int, norm: str | None = None) -> None:
     import torch
 
     from pixeldino.model import UNetConfig, build_model
     from pixeldino.modelio import save_model
 
     torch.manual_seed(0)
-    model = build_model(UNetConfig(in_channels=n_bands, width=width))
+    model = build_model(UNetConfig(in_channels=n_bands, width=width, **({"norm": norm} if norm else {})))
     save_model(path, model, {"bands": BANDS[:n_bands], "normalisation": {"method": "logsigmoid"}, "chip_size": patch})
 
 
@@ -100,11 +104,13 @@ def child_predict(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     t, cpu = time.perf_counter(), time.process_time()
     predict.predict_scene(a.scene, a.model, a.out, patch_size=a.patch_size, overlap=a.overlap,
-                          batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, num_threads=a.threads)
+                          batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, num_threads=a.threads,
+                          backend=a.backend, precision=a.precision,
+                          out_pseudo=a.out.with_name("pseudo.tif") if a.pseudo else None)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     stride = max(1, round(a.patch_size * (1 - a.overlap)))
     patches = grid_patches(a.size, a.patch_size, stride)
-    return {"mode": "predict", "size": a.size, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+    return {"mode": "predict", "backend": a.backend, "size": a.size, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "px_per_s": round(a.size**2 / wall), "patches_per_cpu_s": round(patches / cpu, 3),
             "patches": patches, "forwarded": forwarded, "patches_per_s": round(patches / wall, 2),
             "peak_rss_mb": round(peak_rss_mb()), "chunk_size": a.chunk_size}
@@ -113,21 +119,21 @@ def child_predict(a: argparse.Namespace) -> dict:
 def child_forward(a: argparse.Namespace) -> dict:
     import torch
 
+    from pixeldino.engines import load_engine, resolve_engine, resolve_precision
     from pixeldino.modelio import load_model
-    from pixeldino.model import resolve_device
+    from pixeldino.predict import model_id
 
     torch.set_num_threads(a.threads)
-    device = resolve_device(a.device)
-    model, meta = load_model(a.model, device)
-    x = torch.rand(a.batch_size, len(meta["bands"]), a.patch_size, a.patch_size, device=device)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    backend, device = resolve_engine(a.backend, a.device, a.precision)
+    model, meta = load_model(a.model, device if backend == "torch" else "cpu")
+    engine = load_engine(backend, model, device, model_path=a.model, model_id=model_id(a.model),
+                         patch=a.patch_size, batch_size=a.batch_size, num_threads=a.threads,
+                         precision=resolve_precision(a.precision, backend, device))
+    x = torch.rand(a.batch_size, len(meta["bands"]), a.patch_size, a.patch_size).to(engine.device)
 
     def run() -> None:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            rts, _ = model(x)
+        with torch.inference_mode():
+            rts, _ = engine(x)
             torch.sigmoid(rts).cpu()
 
     def timed() -> None:
@@ -146,7 +152,7 @@ def child_forward(a: argparse.Namespace) -> dict:
     worker.join()
     wall, cpu = min(timings)
     n = a.forward_batches * a.batch_size
-    return {"mode": "forward", "patches": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+    return {"mode": "forward", "backend": backend, "patches": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "main_vs_thread_wall_s": [round(t[0], 2) for t in timings],
             "patches_per_s": round(n / wall, 2), "patches_per_cpu_s": round(n / cpu, 3),
             "px_per_s": round(n * a.patch_size**2 / wall), "peak_rss_mb": round(peak_rss_mb())}
@@ -192,10 +198,10 @@ def child_inmemory(a: argparse.Namespace) -> dict:
             "patches": len(coords), "peak_rss_mb": round(peak_rss_mb())}
 
 
-def _run_child(mode: str, a: argparse.Namespace, **paths: Path) -> dict:
-    args = [sys.executable, __file__, "--child", mode]
+def _run_child(mode: str, a: argparse.Namespace, backend: str = "torch", **paths: Path) -> dict:
+    args = [sys.executable, __file__, "--child", mode, "--backend", backend] + (["--pseudo"] if a.pseudo else [])
     for key in ("size", "bands", "width", "patch_size", "overlap", "batch_size", "chunk_size", "threads", "device",
-                "forward_batches"):
+                "forward_batches", "precision"):
         args += [f"--{key.replace('_', '-')}", str(getattr(a, key))]
     for key, value in paths.items():
         args += [f"--{key}", str(value)]
@@ -208,8 +214,12 @@ def _run_child(mode: str, a: argparse.Namespace, **paths: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=2745, help="scene width = height in pixels (2745, 5490, 10980)")
-    p.add_argument("--bands", type=int, default=4)
+    p.add_argument("--bands", type=int, default=7)
     p.add_argument("--width", type=int, default=16, help="UNet width")
+    p.add_argument("--norm", help="UNet norm (default: the model's default)")
+    p.add_argument("--backends", nargs="+", default=["torch"], help="engines to measure, each side by side")
+    p.add_argument("--pseudo", action="store_true", help="also write the pseudo-class map (as the workflow does)")
+    p.add_argument("--precision", default="auto", help="predict.precision of the engines (auto, float32, bfloat16)")
     p.add_argument("--patch-size", type=int, default=256)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=8)
@@ -220,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inmemory", action="store_true", help="also run the naive whole-scene-in-RAM peer")
     p.add_argument("--workdir", type=Path, help="keep the scene, model and outputs here (default: a temp dir)")
     p.add_argument("--child", choices=["predict", "forward", "inmemory"], help=argparse.SUPPRESS)
+    p.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     p.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -233,33 +244,37 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="pixeldino-bench-") as tmp:
         work = a.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        scene, model = work / f"scene_{a.size}.tif", work / "model.safetensors"
+        scene, model = work / f"scene_{a.size}x{a.bands}.tif", work / "model.safetensors"
         if not scene.exists():
             synthesise_scene(scene, a.size, a.bands)
-        save_random_model(model, a.bands, a.width, a.patch_size)
-        # The raw forward is measured before and after the scene run and the faster one is kept: on a shared
-        # machine this makes the ratio conservative rather than flattering.
-        before = _run_child("forward", a, model=model)
-        pred = _run_child("predict", a, scene=scene, model=model, out=work / "prob.tif")
-        after = _run_child("forward", a, model=model)
-        results = [before, pred, after]
+        save_random_model(model, a.bands, a.width, a.patch_size, a.norm)
+        naive = None
         if a.inmemory:
-            results.append(_run_child("inmemory", a, scene=scene, model=model, out=work / "prob_inmemory.tif"))
-        for r in results:
-            print(json.dumps(r), flush=True)
-        fwd = max(before, after, key=lambda r: r["patches_per_s"])
-        summary = {"mode": "summary", "size": a.size, "patch_size": a.patch_size, "batch_size": a.batch_size,
-                   "threads": a.threads, "device": a.device,
-                   "ratio": round(pred["patches_per_s"] / fwd["patches_per_s"], 3),
-                   "ratio_cpu_time": round(pred["patches_per_cpu_s"] / max(before["patches_per_cpu_s"],
-                                                                           after["patches_per_cpu_s"]), 3),
-                   "redundant_forward_share": round(pred["forwarded"] / pred["patches"] - 1, 3),
-                   "load_avg_1min": round(os.getloadavg()[0], 2)}
-        if a.inmemory:
-            naive = results[3]
-            summary["speedup_vs_inmemory"] = round(naive["wall_s"] / pred["wall_s"], 3)
-            summary["rss_ratio_inmemory_vs_predict"] = round(naive["peak_rss_mb"] / pred["peak_rss_mb"], 2)
-        print(json.dumps(summary), flush=True)
+            naive = _run_child("inmemory", a, scene=scene, model=model, out=work / "prob_inmemory.tif")
+            print(json.dumps(naive), flush=True)
+        for backend in a.backends:
+            # The raw forward is measured before and after the scene run and the faster one is kept: on a shared
+            # machine this makes the ratio conservative rather than flattering.
+            before = _run_child("forward", a, backend, model=model)
+            pred = _run_child("predict", a, backend, scene=scene, model=model, out=work / "prob.tif")
+            after = _run_child("forward", a, backend, model=model)
+            for r in (before, pred, after):
+                print(json.dumps(r), flush=True)
+            fwd = max(before, after, key=lambda r: r["patches_per_s"])
+            summary = {"mode": "summary", "backend": backend, "precision": a.precision, "size": a.size, "bands": a.bands,
+                       "patch_size": a.patch_size, "batch_size": a.batch_size, "threads": a.threads,
+                       "device": a.device, "forward_patches_per_s": fwd["patches_per_s"],
+                       "predict_patches_per_s": pred["patches_per_s"],
+                       "ratio": round(pred["patches_per_s"] / fwd["patches_per_s"], 3),
+                       "ratio_cpu_time": round(pred["patches_per_cpu_s"] / max(before["patches_per_cpu_s"],
+                                                                               after["patches_per_cpu_s"]), 3),
+                       "redundant_forward_share": round(pred["forwarded"] / pred["patches"] - 1, 3),
+                       "predict_wall_s": pred["wall_s"], "predict_peak_rss_mb": pred["peak_rss_mb"],
+                       "load_avg_1min": round(os.getloadavg()[0], 2)}
+            if naive is not None:
+                summary["speedup_vs_inmemory"] = round(naive["wall_s"] / pred["wall_s"], 3)
+                summary["rss_inmemory_vs_predict"] = round(naive["peak_rss_mb"] / pred["peak_rss_mb"], 2)
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

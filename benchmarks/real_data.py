@@ -44,6 +44,9 @@ from pixeldino.pipeline import train_config_from  # noqa: E402
 from pixeldino.predict import predict_scene  # noqa: E402
 from pixeldino.train import train_from_store  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from domain_shift import MODE_CONFIG  # noqa: E402  (benchmark mode -> TrainConfig mode and overrides)
+
 DEMO = ROOT / "resources" / "demo"
 ITEMS = {"peel": "S2_08WMA_20210821", "bykovsky": "S2_52WEE_20210721"}
 EXPERT_AGREEMENT = {"Peel_holdout": 0.67, "Bykovsky": 0.28}  # mean expert-vs-consensus IoU (resources/demo)
@@ -74,6 +77,14 @@ def stack_item(item: str, bands: list[str], out: Path) -> Path:
     return out
 
 
+def _val_curve(log_csv: Path) -> list[float]:
+    """Validation IoU (p = 0.5) of the exported candidate at every validation step of a run."""
+    import csv
+
+    with log_csv.open(newline="") as fh:
+        return [float(r["val_iou"]) for r in csv.DictReader(fh) if r.get("val_iou") not in (None, "")]
+
+
 def summarise(path: Path) -> str:
     """Markdown table of all records: pixel IoU (%) per site, mean ± std over seeds, per tag and mode."""
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -102,8 +113,11 @@ def summarise(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--modes", nargs="+", default=["supervised", "pixeldino"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    modes = [m for m in MODE_CONFIG if m != "oracle"]  # no target labels to give an oracle here
+    p.add_argument("--modes", nargs="+", default=["supervised", "supervised+aug", "pixeldino-beta0", "pixeldino"],
+                   choices=modes)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--train-json", default=None, help="JSON overrides of any train field (ablations)")
     p.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="main")
@@ -139,16 +153,20 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for mode in args.modes:
-            train_cfg = dict(cfg["train"], mode=mode, seed=seed, device="cpu")
+            base_mode, overrides = MODE_CONFIG[mode]
+            train_cfg = dict(cfg["train"], mode=base_mode, seed=seed, device="cpu", **overrides)
             if args.strong_augment:
                 train_cfg["augment"] = json.loads(args.strong_augment)
+            train_cfg.update(json.loads(args.train_json) if args.train_json else {})
             config = train_config_from(train_cfg, cfg["normalisation"], threads=args.threads)
             run_dir = work / f"{args.tag}-{mode.replace('+', '_')}-s{seed}"
             t0 = time.perf_counter()
             metrics = train_from_store(store, run_dir, config, bands=bands, resume=False, progress=False)
             seconds = time.perf_counter() - t0
             result: dict[str, Any] = {"tag": args.tag, "strong_augment": args.strong_augment, "mode": mode, "seed": seed, "threshold": metrics["threshold"],
-                                      "val_iou": (metrics["val"] or {}).get("iou"), "train_seconds": round(seconds, 1)}  # fmt: skip
+                                      "val_iou": (metrics["val"] or {}).get("iou"), "exported": metrics["exported"],
+                                      "val_ious": _val_curve(run_dir / "training_log.csv"),
+                                      "train_seconds": round(seconds, 1)}  # fmt: skip
             for site, (scene, labels, aoi) in sites.items():
                 prob = run_dir / f"{site}_probability.tif"
                 predict_scene(scene, run_dir / "model.safetensors", prob, device="cpu", num_threads=args.threads,

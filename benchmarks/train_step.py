@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     step_s = _median_time(trainer.train_step, args.steps, args.warmup, dev)
 
     semi = args.mode in SEMI_MODES
-    g = trainer.aug_gen
+    g = trainer.gen_l  # the unlabelled stream (gen_u) costs the same; one generator keeps this simple
 
     def data_path() -> None:
         idx = trainer.sampler_l.next(args.batch_labelled)

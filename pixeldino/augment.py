@@ -47,6 +47,11 @@ class StrongAugmentConfig:
         contrast: contrast change ``c`` drawn uniformly from ``[-contrast, contrast]`` (see :func:`photometric`).
         blur_sigma_max: Gaussian blur sigma drawn uniformly from ``(0, blur_sigma_max]`` pixels.
         blur_p: probability that a sample is blurred at all.
+        band_gain: per-band gain ``exp(u)``, ``u`` uniform in ``[-band_gain, band_gain]``, drawn for every band of
+            every sample (0: off). Real atmospheres and sensors change bands unequally; one shared draw for all
+            bands cannot imitate that.
+        band_offset: per-band additive offset on the unit interval, uniform in ``[-band_offset, band_offset]``.
+        band_gamma: per-band gamma drawn log-uniformly from this range (``(1, 1)``: off).
     """
 
     max_rotation_deg: float = 30.0
@@ -58,6 +63,9 @@ class StrongAugmentConfig:
     contrast: float = 0.5
     blur_sigma_max: float = 2.0
     blur_p: float = 0.5
+    band_gain: float = 0.0
+    band_offset: float = 0.0
+    band_gamma: tuple[float, float] = (1.0, 1.0)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -335,12 +343,30 @@ def photometric(
     u = u.pow(gamma.to(u.dtype))
     u = adjust_brightness(u, bright.to(u.dtype))
     u = adjust_contrast(u, contrast.to(u.dtype))
+    u = _per_band(u, generator, config)
     out = lo + u * (hi - lo)
     if config.blur_sigma_max > 0 and config.blur_p > 0:
         out = gaussian_blur(out, sigma, config.blur_sigma_max)
     if valid is not None:
         out = out * valid.unsqueeze(1).to(out.dtype)
     return out
+
+
+def _per_band(u: torch.Tensor, generator: torch.Generator, config: StrongAugmentConfig) -> torch.Tensor:
+    """Independent gain, offset and gamma per band and sample on the unit interval (nothing drawn when off, so
+    the random stream of a run without them is unchanged)."""
+    b, c = u.shape[:2]
+    dev = u.device
+    if config.band_gain > 0:
+        gain = torch.exp(_uniform(b * c, -config.band_gain, config.band_gain, generator, dev)).view(b, c, 1, 1)
+        u = u * gain.to(u.dtype)
+    if config.band_offset > 0:
+        u = u + _uniform(b * c, -config.band_offset, config.band_offset, generator, dev).view(b, c, 1, 1).to(u.dtype)
+    if tuple(config.band_gamma) != (1.0, 1.0):
+        log_lo, log_hi = math.log(config.band_gamma[0]), math.log(config.band_gamma[1])
+        gamma = torch.exp(_uniform(b * c, log_lo, log_hi, generator, dev)).view(b, c, 1, 1)
+        u = u.clamp(0.0, 1.0).pow(gamma.to(u.dtype))
+    return u.clamp(0.0, 1.0)
 
 
 def strong_augment(

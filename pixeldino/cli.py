@@ -8,6 +8,9 @@
     pixeldino predict SCENE.tif --model model/model.safetensors --out prob.tif
     pixeldino polygonize prob.tif --out rts.gpkg
     pixeldino merge   polygons/*.gpkg --out rts_polygons.gpkg
+    pixeldino coregister scenes/*_T08WMA*.tif --out coregistration/08WMA.json
+    pixeldino change  polygons/*.gpkg --years 2021 2023 --coregistration coregistration/*.json --out rts_change.gpkg
+    pixeldino catalog --run demo --sidecars scenes/*.json --probabilities predictions/*_prob.tif --out stac/
     pixeldino evaluate --prediction prob.tif --labels rts.gpkg --out metrics.json
 """
 
@@ -20,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pixeldino import __version__
+from pixeldino import __version__, quality
+from pixeldino.engines import BACKENDS, DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -123,12 +127,11 @@ def cmd_chip(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    from pixeldino.params import from_namespace
     from pixeldino.train import TrainConfig, train_from_store
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    kwargs = {k: v for k, v in vars(a).items() if k in fields and v is not None}
-    kwargs["normalisation"] = {"method": a.normalisation}
-    metrics = train_from_store(a.chips, a.out_dir, TrainConfig(**kwargs), bands=a.bands, resume=a.resume)
+    config = from_namespace(TrainConfig, a, normalisation={"method": a.normalisation})
+    metrics = train_from_store(a.chips, a.out_dir, config, bands=a.bands, resume=a.resume)
     print({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
 
 
@@ -150,6 +153,9 @@ def cmd_predict(a: argparse.Namespace) -> None:
         device=a.device,
         num_threads=a.threads,
         quality_mask=a.quality_mask or find_quality_mask(a.scene),
+        nodata_classes=a.nodata_classes,
+        backend=a.backend,
+        precision=a.precision,
     )
     print(a.out)
 
@@ -158,16 +164,67 @@ def cmd_polygonize(a: argparse.Namespace) -> None:
     from pixeldino.polygonize import polygonize_scene
 
     gdf = polygonize_scene(
-        a.prob, a.out, threshold=a.threshold, min_area_m2=a.min_area, opening_radius=a.opening_radius
+        a.prob, a.out, threshold=a.threshold, min_area_m2=a.min_area, opening_radius=a.opening_radius,
+        quality_mask=a.quality_mask, permanent_water=a.permanent_water,
+        **_given(a, water_action="water_action", water_max_share="water_max_share",
+                 water_min_occurrence="water_min_occurrence"),
     )
     print(f"{a.out}: {len(gdf)} polygons")
+
+
+def _given(a: argparse.Namespace, **names: str) -> dict[str, Any]:
+    """Keyword arguments for the options the user gave (``names``: parameter -> option dest); the library's
+    defaults apply to the others, so a default is written only once."""
+    return {param: getattr(a, dest) for param, dest in names.items() if getattr(a, dest, None) is not None}
 
 
 def cmd_merge(a: argparse.Namespace) -> None:
     from pixeldino.merge import merge_polygons
 
-    gdf = merge_polygons(a.inputs, a.out, crs=a.crs, out_parquet=a.parquet)
+    gdf = merge_polygons(a.inputs, a.out, crs=a.crs, out_parquet=a.parquet,
+                         **_given(a, geometry="geometry", min_overlap="min_overlap"))
     print(f"{a.out}: {len(gdf)} slumps")
+
+
+def cmd_coregister(a: argparse.Namespace) -> None:
+    from pixeldino.coregister import coregister_tile
+
+    record = coregister_tile(a.scenes, a.out, **_given(a, band="band"))
+    for scene_id, entry in record["scenes"].items():
+        print(f"{scene_id}\t{entry['year']}\tdx {entry['dx_px']:+.3f} px\tdy {entry['dy_px']:+.3f} px\t{entry['status']}")
+
+
+def cmd_change(a: argparse.Namespace) -> None:
+    from pixeldino.change import change_map
+
+    tracks = change_map(
+        a.inputs, a.out, years=a.years or None, crs=a.crs, coregistration=a.coregistration,
+        out_tracks_parquet=a.tracks_parquet, out_years_parquet=a.years_parquet, out_change_png=a.change_png,
+        out_growth_png=a.growth_png,
+        **_given(a, geometry="geometry", merge_overlap="merge_overlap", min_overlap="min_overlap",
+                 stable_tolerance="stable_tolerance", max_shift_px="max_shift_px"),
+    )
+    counts = tracks["status"].value_counts().to_dict()
+    print(f"{a.out}: {len(tracks)} tracks " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+def cmd_catalog(a: argparse.Namespace) -> None:
+    from pathlib import Path as _Path
+
+    from pixeldino.catalog import build_catalog, validate_catalog
+    from pixeldino.errors import InputError
+
+    if a.validate:
+        print(f"{a.validate}: {validate_catalog(a.validate, a.schemas)} STAC objects valid")
+        return
+    if not (a.out and a.run and a.sidecars and a.probabilities):
+        raise InputError("catalog: give --out, --run, --sidecars and --probabilities (or --validate CATALOG)")
+    merged = {"gpkg": a.merged, "parquet": a.merged_parquet} if a.merged else None
+    change = {k: v for k, v in {"gpkg": a.change, "tracks_parquet": a.tracks_parquet}.items() if v} or None
+    build_catalog(a.out, run=a.run, sidecars=a.sidecars, probabilities=a.probabilities, pseudo=a.pseudo or (),
+                  polygons=a.polygons or (), merged=merged, change=change)
+    root = _Path(a.out) / "catalog.json"
+    print(f"{root}: {validate_catalog(root, a.schemas)} STAC objects valid")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -201,6 +258,18 @@ def cmd_config(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- parser
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """One ``--option`` per :class:`pixeldino.train.TrainConfig` field, defaults from the dataclass."""
+    from pixeldino import train
+    from pixeldino.model import NORMS
+    from pixeldino.params import add_dataclass_options
+
+    choices = {"mode": train.MODES, "norm": NORMS, "export": train.EXPORTS, "target_warp": train.TARGET_WARPS,
+               "pseudo_resolution": train.PSEUDO_RESOLUTIONS, "device": ("auto", "cpu", "cuda")}  # fmt: skip
+    add_dataclass_options(p, train.TrainConfig, exclude=("normalisation",), choices=choices,
+                          aliases={"num_threads": ("--threads",)})  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixeldino",
@@ -260,29 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="zarr store to write")
 
-    p = verb("train", cmd_train, "Train a segmentation model (PixelDINO or a baseline); export the teacher.")
+    p = verb("train", cmd_train, "Train a segmentation model (PixelDINO or a baseline); export the teacher or student.")
     p.add_argument("--chips", required=True, help="chip store (zarr)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--bands", type=_bands, default=None, help="expected bands (default: the chip store's)")
-    p.add_argument("--mode", choices=["supervised", "supervised+aug", "fixmatch", "pixeldino"], default="pixeldino")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-labelled", type=int)
-    p.add_argument("--batch-unlabelled", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--width", type=int)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--beta", type=float)
-    p.add_argument("--val-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--ema-momentum", type=float, help="initial teacher EMA momentum (0.996 for long runs)")
-    p.add_argument("--teacher-temperature", type=float)
-    p.add_argument("--fixmatch-threshold", type=float)
-    p.add_argument("--threads", dest="num_threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start from scratch even if OUT_DIR holds a checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--normalisation", choices=["logsigmoid", "zscore", "scale"], default="logsigmoid")
+    _train_options(p)
 
     p = verb("predict", cmd_predict, "Sliding-window RTS probability over a whole scene (bounded memory).")
     p.add_argument("scene", help="scene COG (uint16, band descriptions = band ids)")
@@ -295,9 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=2048)
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="inference engine; auto: torch on a GPU, else openvino > onnxruntime > torch, as installed")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                   help="auto: bfloat16 on a GPU, float32 on the CPU; bfloat16 on the CPU: faster, ~1e-2 off")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
-    p.add_argument("--quality-mask", help="uint8 mask raster on the scene grid, nonzero = bad (default: the one "
+    p.add_argument("--quality-mask", help="uint8 quality mask on the scene grid (default: the one "
                    "`pixeldino fetch` wrote beside the scene, if any)")
+    p.add_argument("--nodata-classes", nargs="*", choices=sorted(quality.CLASS_VALUES.keys() - {"clear"}),
+                   default=list(quality.DEFAULT_NODATA_CLASSES),
+                   help="mask classes written as nodata; pixels of the other classes are predicted")
     p.add_argument("--dask-scheduler", help="run on a dask distributed cluster: address or scheduler file")
 
     p = verb("polygonize", cmd_polygonize, "Turn an RTS probability raster into polygons (GeoPackage layer 'rts').")
@@ -306,12 +367,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="default: the model's calibrated threshold")
     p.add_argument("--min-area", type=float, default=500.0, help="minimum polygon area, m2")
     p.add_argument("--opening-radius", type=int, default=0, help="binary opening radius, pixels")
+    p.add_argument("--quality-mask", help="the scene's quality mask: per-class fractions per polygon")
+    p.add_argument("--permanent-water", help="permanent-water layer: vector file or water-occurrence raster")
+    p.add_argument("--water-action", choices=quality.WATER_ACTIONS, default=quality.DEFAULT_WATER_ACTION,
+                   help="polygons mostly in permanent water: flag or drop")
+    p.add_argument("--water-max-share", type=float, default=quality.DEFAULT_WATER_MAX_SHARE,
+                   help="share of a polygon in water that makes it 'inside'")
+    p.add_argument("--water-min-occurrence", type=float, default=quality.DEFAULT_WATER_MIN_OCCURRENCE,
+                   help="raster layers: permanent water from this value up")
 
     p = verb("merge", cmd_merge, "Merge per-scene polygons into one deduplicated equal-area map.")
     p.add_argument("inputs", nargs="+", help="per-scene GeoPackages")
     p.add_argument("--out", required=True)
     p.add_argument("--parquet", help="also write GeoParquet here")
     p.add_argument("--crs", default="EPSG:3413")
+    p.add_argument("--geometry", default=argparse.SUPPRESS, choices=["best", "union"],
+                   help="best single detection per slump (the default) or the union of overlapping detections")
+    p.add_argument("--min-overlap", default=argparse.SUPPRESS, type=float, help="best: overlap share that makes two detections one slump")
+
+    p = verb("coregister", cmd_coregister,
+             "Measure the sub-pixel shift of each scene of one tile against its reference scene (JSON sidecar).")
+    p.add_argument("scenes", nargs="+", help="fetched scene COGs of one MGRS tile, any years")
+    p.add_argument("--out", required=True, help="per-tile co-registration JSON to write")
+    p.add_argument("--band", default=argparse.SUPPRESS, help="band to correlate (default: pixeldino.coregister.DEFAULT_BAND)")
+
+    p = verb("change", cmd_change,
+             "Per-year RTS maps and slump tracks (growth, status) from per-scene polygons of several years.")
+    p.add_argument("inputs", nargs="+", help="per-scene GeoPackages of all years")
+    p.add_argument("--out", required=True, help="GeoPackage: layers rts_<year>, rts_tracks, rts_track_links")
+    p.add_argument("--years", type=int, nargs="*", help="years to map (default: those found)")
+    p.add_argument("--coregistration", nargs="*", default=[], help="per-tile JSON from `pixeldino coregister`")
+    p.add_argument("--crs", default="EPSG:3413")
+    p.add_argument("--tracks-parquet", help="also write the tracks as GeoParquet")
+    p.add_argument("--years-parquet", help="also write all year layers as one GeoParquet (column year)")
+    p.add_argument("--change-png", help="change map PNG")
+    p.add_argument("--growth-png", help="growth distribution PNG")
+    p.add_argument("--geometry", default=argparse.SUPPRESS, choices=["best", "union"], help="within-year merge rule (default: as for merge)")
+    p.add_argument("--merge-overlap", default=argparse.SUPPRESS, type=float, help="within-year merge: overlap share of one slump")
+    p.add_argument("--min-overlap", default=argparse.SUPPRESS, type=float, help="tracking: overlap share that links two years")
+    p.add_argument("--stable-tolerance", default=argparse.SUPPRESS, type=float, help="relative area change still counted as stable")
+    p.add_argument("--max-shift-px", default=argparse.SUPPRESS, type=float, help="refuse co-registration shifts above this")
+
+    p = verb("catalog", cmd_catalog, "Write (and validate offline) a STAC catalog of a run's outputs.")
+    p.add_argument("--out", help="catalog folder to write (catalog.json inside)")
+    p.add_argument("--run", help="run name: collection pixeldino-<run>")
+    p.add_argument("--sidecars", nargs="*", help="scene JSON sidecars from fetch, one per scene")
+    p.add_argument("--probabilities", nargs="*", help="probability COGs, in the order of --sidecars")
+    p.add_argument("--pseudo", nargs="*", help="pseudo-class maps, same order")
+    p.add_argument("--polygons", nargs="*", help="per-scene polygons, same order")
+    p.add_argument("--merged", help="merged GeoPackage")
+    p.add_argument("--merged-parquet", help="merged GeoParquet")
+    p.add_argument("--change", help="rts_change.gpkg")
+    p.add_argument("--tracks-parquet", help="tracks GeoParquet")
+    p.add_argument("--validate", metavar="CATALOG", help="only validate this catalog.json")
+    p.add_argument("--schemas", help="folder of extension schema files <name>-<version>.json for full validation")
 
     p = verb("evaluate", cmd_evaluate, "Pixel and object metrics of a prediction against label polygons.")
     p.add_argument("--prediction", required=True, help="probability raster")

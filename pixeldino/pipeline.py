@@ -14,6 +14,14 @@ from pixeldino.io import read_json
 log = logging.getLogger(__name__)
 
 
+def given(section: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """Keyword arguments from a config section: ``names`` maps config keys to parameter names.
+
+    Keys set to null are left out, so the library function's own default applies: a default lives in one place.
+    """
+    return {param: section[key] for key, param in names.items() if section.get(key) is not None}
+
+
 def manifest_scene(manifest_path: str | os.PathLike[str], scene_id: str) -> dict[str, Any]:
     """The manifest entry of one scene."""
     scenes = read_json(manifest_path)["scenes"]

@@ -29,6 +29,7 @@ from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, shape
 
+from pixeldino import quality as q
 from pixeldino.errors import ConfigError, InputError
 from pixeldino.io import atomic_output
 
@@ -49,6 +50,12 @@ SCHEMA: dict[str, str] = {
     "datetime": "object",
     "touches_nodata": "bool",
     "low_quality_fraction": "float64",
+    "water_fraction": "float64",
+    "dark_area_fraction": "float64",
+    "cirrus_fraction": "float64",
+    "permanent_water_fraction": "float64",
+    "in_permanent_water": "bool",
+    "edge_distance_m": "float64",
     "model": "object",
     "threshold": "float64",
 }
@@ -248,6 +255,10 @@ def polygonize_scene(
     simplify_tolerance: float | None = None,
     attributes: dict[str, Any] | None = None,
     quality_mask: str | os.PathLike[str] | None = None,
+    permanent_water: str | os.PathLike[str] | None = None,
+    water_action: str = q.DEFAULT_WATER_ACTION,
+    water_max_share: float = q.DEFAULT_WATER_MAX_SHARE,
+    water_min_occurrence: float = q.DEFAULT_WATER_MIN_OCCURRENCE,
 ) -> gpd.GeoDataFrame:
     """Vectorise the RTS detections of one probability raster into a GeoPackage layer ``rts``.
 
@@ -265,11 +276,21 @@ def polygonize_scene(
         quality_mask: optional uint8 quality mask on the raster's grid (nonzero = invalid/cloud/shadow/snow/water,
             as written by :func:`pixeldino.fetch.fetch_scene`). It gives ``low_quality_fraction``: the share of the
             one-pixel ring around the object that the mask flags (the prediction itself is nodata there), i.e. how
-            much of the slump's outline may be hidden; NaN without a mask.
+            much of the slump's outline may be hidden; NaN without a mask. It also gives the share of the
+            object's own pixels in each class the quality policy keeps (``water_fraction``,
+            ``dark_area_fraction``, ``cirrus_fraction``; NaN without a mask).
+        permanent_water: optional permanent-water layer (vector file, or raster such as a water-occurrence map in
+            percent; see :func:`pixeldino.quality.permanent_water_grid`). ``permanent_water_fraction`` is the share
+            of the object's pixels inside it (NaN without a layer); ``in_permanent_water`` is True above
+            ``water_max_share``.
+        water_action: ``flag`` keeps polygons in permanent water (``in_permanent_water``); ``drop`` removes them.
+        water_max_share: share of an object's pixels in permanent water above which it counts as inside.
+        water_min_occurrence: raster layers: values >= this are permanent water.
 
     Returns:
-        The written polygons: ``id, area_m2, perimeter_m, prob_mean, prob_max, n_pixels, scene_id, tile,
-        datetime, touches_nodata, low_quality_fraction, model, threshold`` (+ ``attributes``), geometry MultiPolygon.
+        The written polygons (columns :data:`SCHEMA` + ``attributes``), geometry MultiPolygon.
+        ``edge_distance_m`` is the distance from the object's pixels to the raster edge (the merge prefers
+        detections far from their scene edge).
     """
     prob_path = Path(prob_path)
     if opening_radius < 0 or min_area_m2 < 0:
@@ -288,7 +309,16 @@ def polygonize_scene(
         "threshold": thr,
     }
 
+    if water_action not in q.WATER_ACTIONS:
+        raise ConfigError(f"quality.permanent_water.action {water_action!r} must be one of {list(q.WATER_ACTIONS)}")
+    if not 0.0 <= water_max_share <= 1.0:
+        raise ConfigError(f"quality.permanent_water.max_share {water_max_share} must be within [0, 1]")
     quality = _read_quality(quality_mask, info, prob_path) if quality_mask else None
+    water = (
+        q.permanent_water_grid(permanent_water, crs, transform, info["shape"], min_occurrence=water_min_occurrence)
+        if permanent_water else None
+    )
+    pixel_size = min(abs(transform.a), abs(transform.e))
     mask = positive_mask(values, info, thr)
     if opening_radius:
         mask = ndimage.binary_opening(mask, structure=_disk(opening_radius))
@@ -310,6 +340,13 @@ def polygonize_scene(
         at_edge = sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == height or sl[1].stop == width
         touches = bool(at_edge or invalid_mask(values[r0:r1, c0:c1][ring], info).any())
         low_quality = float((quality[r0:r1, c0:c1][ring] != 0).mean()) if quality is not None and ring.any() else np.nan
+        inside = quality[r0:r1, c0:c1][obj] if quality is not None else None
+        kept = {
+            f"{name}_fraction": float((inside == q.CLASS_VALUES[name]).mean()) if inside is not None else np.nan
+            for name in q.RECORDED_CLASSES
+        }
+        water_share = float(water[r0:r1, c0:c1][obj].mean()) if water is not None else np.nan
+        edge_px = min(sl[0].start, sl[1].start, height - sl[0].stop, width - sl[1].stop)
         window_transform = transform @ Affine.translation(c0, r0)
         pieces = [shape(g) for g, _ in shapes(obj.astype(np.uint8), mask=obj, connectivity=4, transform=window_transform)]
         geom = shapely.union_all(pieces)
@@ -331,10 +368,18 @@ def polygonize_scene(
                 "n_pixels": n_pixels,
                 "touches_nodata": touches,
                 "low_quality_fraction": low_quality,
+                **kept,
+                "permanent_water_fraction": water_share,
+                "in_permanent_water": bool(water_share > water_max_share),  # NaN (no layer) compares False
+                "edge_distance_m": edge_px * pixel_size,
             }
         )
         geoms.append(geom)
     del labels
+    if water_action == "drop" and rows:
+        keep = [not r["in_permanent_water"] for r in rows]
+        rows = [r for r, k in zip(rows, keep) if k]
+        geoms = [g for g, k in zip(geoms, keep) if k]
 
     if rows:
         gdf = gpd.GeoDataFrame(pd.DataFrame(rows), geometry=geoms, crs=info["crs"])

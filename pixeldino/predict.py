@@ -1,13 +1,14 @@
 """Scene-scale inference: RTS probability and pseudo-class maps for a whole Sentinel-2 scene, in bounded memory.
 
-The scene is read lazily as a dask array (windowed ``rasterio`` reads), processed block by block with
-``dask.array.map_overlap`` and streamed to a tiled GeoTIFF with windowed writes, which is then converted to a COG.
-No whole-scene array is ever held in memory.
+The scene is processed block by block on a dask grid: each block reads its window plus a halo in one windowed
+``rasterio`` read, runs the model on its patches (see :mod:`pixeldino.engines` for the inference engines) and is
+streamed to a tiled GeoTIFF with windowed writes, which is then converted to a COG. No whole-scene array is ever held
+in memory.
 
 Seam-free by construction: patch origins lie on one *global* grid (multiples of the stride in scene pixel
 coordinates) and every block carries a halo of one patch size, so each output pixel is blended from exactly the
 same patches as in a whole-scene computation, whatever the chunking (sums in float64, so the order in which the
-patches arrive does not matter either). Beyond the scene edges the data is mirrored (``boundary="reflect"``), so
+patches arrive does not matter either). Beyond the scene edges the data is mirrored (numpy's ``symmetric``), so
 edge pixels are covered by full patches like any other pixel.
 
 No patch runs through the model twice: a patch straddling a chunk border is needed by two or four blocks, and
@@ -24,11 +25,12 @@ from __future__ import annotations
 import colorsys
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,12 @@ from rasterio.windows import Window
 from pixeldino.bands import canonical_band
 from pixeldino.errors import ConfigError, InputError, ModelError, PixeldinoError
 from pixeldino.io import TILED_GTIFF_PROFILE, atomic_output, gtiff_to_cog
-from pixeldino.model import UNet, resolve_device
+from pixeldino.engines import DEFAULT_BACKEND, DEFAULT_PRECISION, Engine, load_engine, resolve_engine, resolve_precision
 from pixeldino.modelio import load_model
 from pixeldino.normalise import normalise
+from pixeldino.quality import nodata_lookup
+
+log = logging.getLogger(__name__)
 
 #: Probabilities are stored as ``round(p * PROBABILITY_SCALE)`` in uint8; 255 is nodata.
 PROBABILITY_SCALE = 254
@@ -134,6 +139,19 @@ def default_patch_size(chip_size: int | None, multiple: int) -> int:
     return max(rounded, multiple * math.ceil(_MIN_PATCH / multiple))
 
 
+def normalisation_lut(spec: dict[str, Any], n_bands: int, dtype: np.dtype | str) -> np.ndarray | None:
+    """``(n_bands, 2**bits)`` table of the normalised value of every DN of an 8- or 16-bit unsigned scene.
+
+    Normalising a patch by table look-up is an order of magnitude faster than computing log/exp per pixel and
+    gives the same float32 values. None for other data types (normalised directly).
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        return None
+    dn = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+    return np.ascontiguousarray(normalise(np.broadcast_to(dn, (n_bands, dn.size)), spec, band_axis=0))
+
+
 def patch_window(size: int) -> np.ndarray:
     """Separable blending weights: a sine bump, largest at the centre and strictly positive at the rim."""
     w1 = np.sin(np.pi * (np.arange(size, dtype=np.float64) + 0.5) / size)
@@ -141,7 +159,7 @@ def patch_window(size: int) -> np.ndarray:
 
 
 def _axis_chunks(n: int, chunk: int, halo: int) -> tuple[int, ...]:
-    """Chunk sizes along one axis, none smaller than the halo (map_overlap takes the halo from neighbours)."""
+    """Chunk sizes along one axis, none smaller than the halo (so that mirroring at the edges never runs out)."""
     size = max(chunk, halo)
     sizes = [size] * (n // size)
     rest = n - size * len(sizes)
@@ -169,6 +187,19 @@ class _WindowReader:
         window = Window.from_slices(slice(rows[0], rows[1]), slice(cols[0], cols[1]))
         with self.lock:  # a GDAL dataset handle is not thread-safe
             return self.dataset.read(self.indexes[bands[0] : bands[1]], window=window)
+
+    def read_with_halo(self, rows: tuple[int, int], cols: tuple[int, int], halo: int) -> np.ndarray:
+        """All bands over ``rows`` x ``cols`` grown by ``halo`` on each side, in one windowed read; beyond the
+        raster's edges mirrored (numpy's ``symmetric``, what dask calls ``reflect``). Needs ``halo`` <= the
+        raster's size."""
+        height, width = self.shape[1:]
+        (r0, r1), (c0, c1) = (rows[0] - halo, rows[1] + halo), (cols[0] - halo, cols[1] + halo)
+        inside = (max(r0, 0), min(r1, height)), (max(c0, 0), min(c1, width))
+        window = Window.from_slices(slice(*inside[0]), slice(*inside[1]))
+        with self.lock:
+            data = self.dataset.read(self.indexes, window=window)
+        pad = ((0, 0), (inside[0][0] - r0, r1 - inside[0][1]), (inside[1][0] - c0, c1 - inside[1][1]))
+        return np.pad(data, pad, mode="symmetric") if any(any(p) for p in pad) else data
 
 
 class _WindowWriter:
@@ -246,8 +277,7 @@ class _PatchPredictor:
 
     def __init__(
         self,
-        model: UNet,
-        device: torch.device,
+        engine: Engine,
         spec: dict[str, Any],
         *,
         patch: int,
@@ -258,9 +288,9 @@ class _PatchPredictor:
         tta: bool,
         want_pseudo: bool,
         chunks: tuple[tuple[int, ...], tuple[int, ...]],
+        lut: np.ndarray | None = None,
     ) -> None:
-        self.model = model
-        self.device = device
+        self.engine = engine
         self.spec = spec
         self.patch = patch
         self.stride = stride
@@ -275,6 +305,7 @@ class _PatchPredictor:
         self.block_starts = [np.cumsum((0, *c))[:-1] for c in chunks]
         self.extent = [int(sum(c)) for c in chunks]
         self.cache = _PatchCache()
+        self.lut = lut  # see normalisation_lut; None: normalise each patch directly
 
     def _origins(self, start: int, stop: int) -> range:
         """Global patch origins (multiples of the stride) whose patch intersects ``[start, stop)``."""
@@ -289,30 +320,34 @@ class _PatchPredictor:
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities ``(B, P, P)`` and pseudo-class argmax ``(B, P, P)`` (or None) for a normalised batch."""
-        cuda = self.device.type == "cuda"
         transforms = [(k, flip) for flip in (False, True) for k in range(4)] if self.tta else [(0, False)]
         with self.forward_lock, torch.inference_mode():
-            xt = torch.from_numpy(x).to(self.device)
-            if cuda:
-                xt = xt.contiguous(memory_format=torch.channels_last)
-            prob = torch.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), device=self.device)
+            xt = torch.from_numpy(x).to(self.engine.device)
+            prob = torch.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), device=self.engine.device)
             pseudo = None
             for k, flip in transforms:
                 v = torch.rot90(xt, k, dims=(2, 3)) if k else xt
                 v = torch.flip(v, dims=(3,)) if flip else v
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-                    rts, pse = self.model(v)
-                outs = [rts.float(), pse.float()] if self.want_pseudo else [rts.float()]
+                rts, pse = self.engine(v)  # views of the engine's buffers, valid until its next call
+                outs = [rts, pse] if self.want_pseudo else [rts]
                 if flip:
                     outs = [torch.flip(o, dims=(3,)) for o in outs]
                 if k:
                     outs = [torch.rot90(o, -k, dims=(2, 3)) for o in outs]
                 prob += torch.sigmoid(outs[0])
                 if self.want_pseudo:
-                    pseudo = outs[1] if pseudo is None else pseudo + outs[1]
+                    pseudo = outs[1].clone() if pseudo is None and len(transforms) > 1 else (
+                        outs[1] if pseudo is None else pseudo + outs[1])
             prob /= len(transforms)
             labels = pseudo.argmax(dim=1).to(torch.uint8).cpu().numpy() if pseudo is not None else None
             return prob[:, 0].cpu().numpy(), labels
+
+    def _normalise_into(self, patch: np.ndarray, out: np.ndarray) -> None:
+        if self.lut is None:
+            out[:] = normalise(patch, self.spec, band_axis=0)
+            return
+        for band in range(patch.shape[0]):  # a table look-up per band instead of log/exp per pixel
+            np.take(self.lut[band], patch[band], out=out[band], mode="clip")
 
     def __call__(self, block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         info = block_info[None]  # type: ignore[index]
@@ -364,12 +399,12 @@ class _PatchPredictor:
         batch: list[tuple[int, int, int, int, bool]] = []
 
         def run_batch() -> None:
-            x = np.stack(
-                [
-                    normalise(block[:, ly : ly + p, lx : lx + p], self.spec, band_axis=0) * valid[ly : ly + p, lx : lx + p]
-                    for _, _, ly, lx, _ in batch
-                ]
-            ).astype(np.float32, copy=False)
+            x = np.empty((len(batch), block.shape[0], p, p), np.float32)
+            for i, (_, _, ly, lx, _) in enumerate(batch):
+                self._normalise_into(block[:, ly : ly + p, lx : lx + p], x[i])
+                inside = valid[ly : ly + p, lx : lx + p]
+                if not inside.all():
+                    x[i] *= inside  # nodata pixels enter the model as 0, as in training
             probs, pseudo = self.forward(x)
             for i, (oy, ox, _, _, shared) in enumerate(batch):
                 result = (probs[i], pseudo[i] if pseudo is not None else None)
@@ -409,9 +444,17 @@ class _PatchPredictor:
         return out
 
 
-def _apply_quality(pred: np.ndarray, quality: np.ndarray) -> np.ndarray:
+def _predict_block(placeholder: np.ndarray, reader: _WindowReader, predictor: _PatchPredictor,
+                   block_info: dict | None = None) -> np.ndarray:
+    """One output block: read its window with the halo, run the predictor on it."""
+    (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]  # type: ignore[index]
+    return predictor(reader.read_with_halo((y0, y1), (x0, x1), predictor.halo), block_info)
+
+
+def _apply_quality(pred: np.ndarray, quality: np.ndarray, blank: np.ndarray) -> np.ndarray:
+    """Blank the pixels whose quality-mask class the policy makes nodata (``blank``: see ``nodata_lookup``)."""
     out = pred.copy()
-    out[:, quality[0] != 0] = NODATA_U8
+    out[:, blank[quality[0]]] = NODATA_U8
     return out
 
 
@@ -467,6 +510,9 @@ def predict_scene(
     device: str = "auto",
     num_threads: int | None = None,
     quality_mask: str | os.PathLike[str] | None = None,
+    nodata_classes: Sequence[str] | None = None,
+    backend: str = DEFAULT_BACKEND,
+    precision: str = DEFAULT_PRECISION,
 ) -> Path:
     """Predict the RTS probability (and optionally the pseudo-class QA map) of a whole scene.
 
@@ -482,7 +528,12 @@ def predict_scene(
         tta: average over the 8 flips/rotations (8x slower).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         num_threads: torch intra-op threads on CPU; None leaves torch's default.
-        quality_mask: optional uint8 raster on the scene's grid, nonzero = bad pixel (written as nodata).
+        quality_mask: optional uint8 quality mask on the scene's grid (:mod:`pixeldino.quality` classes).
+        nodata_classes: mask classes written as nodata (default ``quality.DEFAULT_NODATA_CLASSES``); pixels of
+            every other class are predicted.
+        backend: inference engine: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (see
+            :mod:`pixeldino.engines`; exports are cached beside the model file).
+        precision: ``"auto"`` (bfloat16 on a GPU, float32 on the CPU), ``"float32"`` or ``"bfloat16"``.
 
     Returns:
         ``Path(out_prob)``.
@@ -490,7 +541,7 @@ def predict_scene(
     Raises:
         InputError: unreadable scene, missing bands, mismatching quality mask.
         ModelError: missing or corrupt model.
-        ConfigError: invalid patch size, overlap, batch or chunk size.
+        ConfigError: invalid patch size, overlap, batch or chunk size; unknown or uninstalled backend.
     """
     scene, out_prob = Path(scene_path), Path(out_prob)
     if not 0.0 <= overlap < 1.0:
@@ -499,10 +550,9 @@ def predict_scene(
         raise ConfigError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be positive")
     if num_threads:
         torch.set_num_threads(num_threads)
-    dev = resolve_device(device, "predict device")
-    model, meta = load_model(model_path, dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    engine_name, dev = resolve_engine(backend, device, precision)
+    precision = resolve_precision(precision, engine_name, dev)
+    model, meta = load_model(model_path, dev if engine_name == "torch" else "cpu")
     mid = model_id(model_path)
     multiple = model.config.multiple
     n_classes = model.config.n_pseudo_classes
@@ -526,12 +576,14 @@ def predict_scene(
         halo = patch
         nodata = src.nodata if src.nodata is not None else 0
         chunks = ((len(indexes),), _axis_chunks(src.height, chunk_size, halo), _axis_chunks(src.width, chunk_size, halo))
+        engine = load_engine(engine_name, model, dev, model_path=model_path, model_id=mid, patch=patch,
+                             batch_size=batch_size, num_threads=num_threads, precision=precision)
+        log.info("predicting %s with the %s engine on %s in %s (patch %d, batch %d)", scene.name, engine.name, dev,
+                 precision, patch, batch_size)
 
         reader = _WindowReader(src, indexes, threading.Lock())
-        image = da.from_array(reader, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), reader.dtype))
         predictor = _PatchPredictor(
-            model,
-            dev,
+            engine,
             meta["normalisation"],
             patch=patch,
             stride=stride,
@@ -541,16 +593,14 @@ def predict_scene(
             tta=tta,
             want_pseudo=out_pseudo is not None,
             chunks=(chunks[1], chunks[2]),
+            lut=normalisation_lut(meta["normalisation"], len(indexes), reader.dtype),
         )
-        pred = da.map_overlap(
-            predictor,
-            image,
-            depth={0: 0, 1: halo, 2: halo},
-            boundary={0: "none", 1: "reflect", 2: "reflect"},
-            trim=False,
-            allow_rechunk=False,
-            chunks=((predictor.n_out,), chunks[1], chunks[2]),
-            dtype=np.uint8,
+        # Each block reads its own window plus the halo (not whole neighbouring chunks, as map_overlap would):
+        # one block's input is alive per worker, and the scene is read about once (plus the halos).
+        out_grid = da.zeros((predictor.n_out, src.height, src.width), chunks=((predictor.n_out,), chunks[1], chunks[2]),
+                            dtype=np.uint8)
+        pred = da.map_blocks(
+            _predict_block, out_grid, reader=reader, predictor=predictor, dtype=np.uint8,
             meta=np.empty((0, 0, 0), np.uint8),
         )
         if quality_mask is not None:
@@ -561,7 +611,9 @@ def predict_scene(
             quality = da.from_array(
                 qreader, chunks=((1,), chunks[1], chunks[2]), lock=False, asarray=False, meta=np.empty((0, 0, 0), qreader.dtype)
             )
-            pred = da.map_blocks(_apply_quality, pred, quality, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
+            blank = nodata_lookup(nodata_classes)
+            pred = da.map_blocks(_apply_quality, pred, quality, blank=blank, dtype=np.uint8,
+                                 meta=np.empty((0, 0, 0), np.uint8))
 
         out_prob.parent.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_prob.parent, prefix=".pixeldino-predict-")))
@@ -574,6 +626,8 @@ def predict_scene(
             "PATCH_SIZE": str(patch),
             "OVERLAP": str(overlap),
             "TTA": str(bool(tta)).lower(),
+            "ENGINE": engine.name,
+            "PRECISION": precision,
         }
         # provenance from the scene (pixeldino fetch writes lower-case names; accept either)
         by_lower = {k.lower(): v for k, v in scene_tags.items()}
@@ -582,9 +636,8 @@ def predict_scene(
         stream_paths = [tmpdir / "probability.tif"] + ([tmpdir / "pseudo.tif"] if out_pseudo is not None else [])
         sinks = [stack.enter_context(rasterio.open(p, "w", **_stream_profile(src))) for p in stream_paths]
         targets = [_WindowWriter(s, threading.Lock()) for s in sinks]
-        # One band of chunk-rows per dask computation: only that band's blocks and input chunks (plus the halo
-        # rows) are alive at once, so memory is bounded by the scene's width, not its area. Border patches still
-        # run through the model once: the predictor's patch cache outlives the bands.
+        # One band of chunk-rows per dask computation, so memory is bounded by the blocks in flight, not by the
+        # scene. Border patches still run through the model once: the predictor's patch cache outlives the bands.
         row_edges = np.cumsum((0, *chunks[1]))
         with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB), dask.config.set(scheduler="threads", num_workers=_DASK_WORKERS):
             for r0, r1 in zip(row_edges[:-1], row_edges[1:]):

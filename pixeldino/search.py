@@ -495,7 +495,8 @@ def search_scenes(
         months: months of the season when ``years`` is given (default July and August).
         max_cloud_cover: keep scenes with ``eo:cloud_cover`` <= this (%); scenes without the field pass only at 100.
         max_snow_cover: keep scenes with snow/ice cover <= this (%); scenes without the field always pass.
-        max_scenes_per_tile: how many scenes to keep per tile, clearest first (see module docs).
+        max_scenes_per_tile: how many scenes to keep per tile (per tile and year with ``years``), clearest first
+            (see module docs).
         bands: canonical or provider band names every scene must provide; all 13 bands if None.
 
     Returns:
@@ -525,7 +526,8 @@ def search_scenes(
         catalog_str = str(Path(prov.catalog).resolve())
         items, server_filter = list(_local_items(catalog_str, prov.collection)), "client"
 
-    per_tile: dict[str, list[pystac.Item]] = {}
+    # with years, the limit is per tile and year: a change map needs every year of every tile
+    per_tile: dict[tuple[str, int | None], list[pystac.Item]] = {}
     rejected: list[dict[str, Any]] = []
     for item in items:
         tile = item_tile(item)
@@ -549,15 +551,16 @@ def search_scenes(
             log.warning("scene %s (tile %s) skipped: %s", item.id, tile, reason)
             rejected.append({"stac_id": item.id, "tile": tile, "reason": reason})
             continue
-        per_tile.setdefault(tile, []).append(item)
+        per_tile.setdefault((tile, when.year if years else None), []).append(item)
 
     if not per_tile:
         raise NoScenesError(_no_scenes_message(catalog_str, prov.collection, tile_set, aoi_geom, windows,
                                                max_cloud_cover, max_snow_cover, rejected))
 
     scenes: list[dict[str, Any]] = []
-    for tile in sorted(per_tile):
-        ranked = sorted(per_tile[tile], key=_rank_key)
+    for key in sorted(per_tile, key=lambda k: (k[0], k[1] or 0)):
+        tile = key[0]
+        ranked = sorted(per_tile[key], key=_rank_key)
         chosen: list[dict[str, Any]] = []
         first_error: InputError | None = None
         for item in ranked:

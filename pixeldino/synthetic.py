@@ -81,6 +81,11 @@ class RegionStyle:
         rts_texture: relative amplitude of texture and mud-flow streaks inside slumps.
         headwall: strength of the headwall shading (0 = none).
         noise: sensor noise, DN standard deviation.
+        band_gain: per-band factor on the whole scene: sensor calibration and atmospheric transmittance, which
+            change bands unequally (a single gain cannot imitate it).
+        phenology: greenness of the season (1 = peak summer; lower = early or late season: redder in B04, less
+            red-edge and NIR rise).
+        water_tint: per-band factor on the water spectrum (turbid, sediment-laden water is brighter in the visible).
     """
 
     name: str
@@ -103,6 +108,9 @@ class RegionStyle:
     rts_texture: float = 0.12
     headwall: float = 0.35
     noise: float = 25.0
+    band_gain: tuple[float, ...] = (1.0,) * 7
+    phenology: float = 1.0
+    water_tint: tuple[float, ...] = (1.0,) * 7
 
 
 REGIONS: dict[str, RegionStyle] = {
@@ -111,21 +119,24 @@ REGIONS: dict[str, RegionStyle] = {
         "Banks_Island", veg_tint=(1.12, 1.1, 1.15, 1.05, 0.85, 0.8, 0.78), wet_share=0.3, texture_sigma=8.0,
         texture_amp=0.07, relief_amp=0.2, sun_azimuth=170, gain=1.05, lake_fraction=0.03, snow_fraction=0.01,
         bare_fraction=0.02, rts_per_km2=0.7, rts_tint=(1.05, 1.05, 1.05, 1.0, 1.0, 1.0, 1.0), rts_contrast=0.95,
+        band_gain=(1.01, 1.0, 1.0, 1.0, 0.99, 0.99, 0.98), phenology=0.95,
     ),
     "Horton": RegionStyle(
         "Horton", veg_tint=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0), wet_share=0.45, texture_sigma=6.0,
         relief_amp=0.18, sun_azimuth=150, gain=1.0, lake_fraction=0.06, bare_fraction=0.015, rts_per_km2=0.8,
-        rts_contrast=0.9,
+        rts_contrast=0.9, water_tint=(1.1, 1.1, 1.15, 1.1, 1.0, 1.0, 1.0),
     ),
     "Tuktoyaktuk": RegionStyle(
         "Tuktoyaktuk", veg_tint=(0.95, 0.98, 0.92, 1.0, 1.08, 1.1, 1.1), wet_share=0.65, texture_sigma=5.0,
         relief_amp=0.1, sun_azimuth=185, gain=0.97, lake_fraction=0.16, lake_sigma=8.0, bare_fraction=0.01,
         rts_per_km2=1.2, rts_tint=(1.0, 1.02, 1.05, 1.05, 1.0, 1.0, 1.0), rts_contrast=0.85,
+        band_gain=(0.99, 1.0, 1.0, 1.01, 1.01, 1.0, 1.0), phenology=1.0, water_tint=(1.2, 1.25, 1.3, 1.2, 1.0, 1.0, 1.0),
     ),
     "Kolguev": RegionStyle(
         "Kolguev", veg_tint=(1.05, 1.05, 1.08, 1.05, 0.95, 0.92, 0.92), wet_share=0.4, texture_sigma=7.0,
         relief_amp=0.16, sun_azimuth=140, gain=1.02, haze=(40, 25, 10, 0, 0, 0, 0), lake_fraction=0.04,
         bare_fraction=0.03, rts_per_km2=0.6, rts_tint=(1.1, 1.08, 1.02, 1.0, 0.98, 0.98, 0.98), rts_contrast=0.95,
+        band_gain=(1.02, 1.01, 1.0, 1.0, 1.0, 0.99, 0.99), phenology=0.9,
     ),
     # --- held-out (target) regions: other illumination, vegetation, texture and slump appearance ------------
     "Herschel": RegionStyle(
@@ -134,6 +145,9 @@ REGIONS: dict[str, RegionStyle] = {
         texture_amp=0.12, relief_amp=0.3, sun_azimuth=95, gain=0.78, haze=(150, 100, 60, 30, 10, 0, 0),
         lake_fraction=0.03, snow_fraction=0.04, bare_fraction=0.02, rts_per_km2=1.0,
         rts_tint=(0.9, 1.0, 0.95, 1.05, 1.15, 1.2, 1.2), rts_contrast=0.7, rts_texture=0.18, headwall=0.5,
+        # another sensor/atmosphere: visible bands darker, NIR brighter; turbid coastal lagoons
+        band_gain=(0.95, 0.96, 0.98, 1.0, 1.02, 1.04, 1.05), phenology=1.0,
+        water_tint=(1.4, 1.5, 1.7, 1.6, 1.3, 1.2, 1.1),
     ),
     "Lena": RegionStyle(
         # brown, fine-grained polygonal tundra with many lakes, hazy bright sun; darker, browner slump floors
@@ -141,6 +155,9 @@ REGIONS: dict[str, RegionStyle] = {
         texture_amp=0.14, relief_amp=0.12, sun_azimuth=210, gain=1.2, haze=(250, 180, 120, 60, 30, 20, 10),
         lake_fraction=0.2, lake_sigma=6.0, snow_fraction=0.0, bare_fraction=0.04, rts_per_km2=1.0,
         rts_tint=(0.9, 0.88, 0.95, 0.95, 0.92, 0.9, 0.9), rts_contrast=0.8, rts_texture=0.16, headwall=0.3,
+        # late season (senescent tundra), the opposite band tilt, dark clear thermokarst lakes
+        band_gain=(1.05, 1.04, 1.02, 1.0, 0.98, 0.96, 0.95), phenology=0.85,
+        water_tint=(0.8, 0.8, 0.75, 0.8, 0.9, 0.9, 0.9),
     ),
 }
 
@@ -278,6 +295,9 @@ def _background(
     wet_field = _field(rng, shape, style.texture_sigma * 3)
     wet = 1.0 / (1.0 + np.exp(-(wet_field + 3.0 * (style.wet_share - 0.5)) / 0.6))
     fine = _field(rng, shape, style.texture_sigma / 3) * 0.6 + _field(rng, shape, style.texture_sigma) * 0.4
+    # below peak season tundra is redder and its red-edge/NIR rise weaker
+    phen = 1.0 + (1.0 - style.phenology) * np.array([0.05, 0.0, 0.4, 0.0, -0.2, -0.3, -0.3])
+    veg = veg * phen
     land = (_DRY_TUNDRA * veg)[:, None, None] * (1 - wet) + (_WET_TUNDRA * veg)[:, None, None] * wet
     land = land * (1.0 + style.texture_amp * fine)[None]
     lakes = _threshold_share(_field(rng, shape, style.lake_sigma), style.lake_fraction)
@@ -287,7 +307,7 @@ def _background(
     bare_spec = (_BARE * np.asarray(style.rts_tint))[:, None, None] * (1.0 + 0.1 * fine)[None]
     img = np.where(bare[None], bare_spec, img)
     img = np.where(snow[None], _SNOW[:, None, None] * (1.0 + 0.03 * fine)[None], img)
-    lake_spec = _WATER[:, None, None] * (1.0 + 0.05 * _field(rng, shape, 3.0))[None]
+    lake_spec = (_WATER * np.asarray(style.water_tint))[:, None, None] * (1.0 + 0.05 * _field(rng, shape, 3.0))[None]
     img = np.where(lakes[None], lake_spec, img)
     return img, lakes
 
@@ -386,6 +406,7 @@ def generate_scene(
     relief = _field(rng, shape, style.relief_sigma) * style.relief_sigma * 0.6
     shading = 1.0 + style.relief_amp * (_hillshade(relief, style.sun_azimuth) - 1.0)
     img = img * (style.gain * np.clip(shading, 0.4, 1.6))[None] + np.asarray(style.haze, dtype=np.float64)[:, None, None]
+    img = img * np.asarray(style.band_gain, dtype=np.float64)[:, None, None]
     img = img + rng.normal(0.0, style.noise, img.shape)
     image = np.clip(np.rint(img), 1, 65535).astype(np.uint16)  # 0 is nodata
     return SyntheticScene(region, int(seed), image, mask, transform, slumps=slumps)

@@ -280,3 +280,16 @@ def test_median_composite_uses_clear_pixels_only(tmp_path: Path) -> None:
     assert comp[5, 5] == 400  # cloud in A: median of 300 and 500
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["scenes"] == ["a.tif", "b.tif", "c.tif"]
+
+
+def test_retry_after_header_values() -> None:
+    import datetime as dt
+
+    from pixeldino.fetch import MAX_RETRY_AFTER_S, retry_after_seconds
+
+    now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0.0  # a date in the past: now
+    assert retry_after_seconds("86400") == MAX_RETRY_AFTER_S
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None

@@ -106,11 +106,70 @@ def test_non_overlapping_detections_stay_separate_and_chains_join(tmp_path: Path
     a = layer("A", [box(0, 0, 100, 100), box(1000, 0, 1100, 100)], )
     b = layer("B", [box(90, 0, 190, 100), box(5000, 0, 5100, 100)])
     c = layer("C", [box(180, 0, 280, 100)])  # overlaps B's first box only: A-B-C is one chain
-    out = merge_polygons([a, b, c], tmp_path / "m.gpkg", crs="EPSG:32608")
+    out = merge_polygons([a, b, c], tmp_path / "m.gpkg", crs="EPSG:32608", geometry="union")
     assert sorted(out.n_detections) == [1, 1, 3]
     chain = out[out.n_detections == 3].iloc[0]
     assert chain.scenes == "A,B,C"
     assert chain.geometry.area == pytest.approx(280 * 100)
+    # best-detection rule: a 10 % overlap is not the same slump, so all five stay
+    best = merge_polygons([a, b, c], tmp_path / "b.gpkg", crs="EPSG:32608")
+    assert sorted(best.n_detections) == [1, 1, 1, 1, 1]
+    # ... but a detection covering 80 % of another is a duplicate: one slump, the better-ranked outline
+    d = layer("D", [box(20, 0, 120, 100)])
+    dup = merge_polygons([a, d], tmp_path / "d.gpkg", crs="EPSG:32608")
+    assert sorted(dup.n_detections) == [1, 2]
+    assert dup[dup.n_detections == 2].iloc[0].geometry.area == pytest.approx(100 * 100)
+    prov = gpd.read_file(tmp_path / "d.gpkg", layer="rts_detections")
+    assert len(prov) == 3 and prov.chosen.sum() == 2  # every detection is kept as provenance
+
+
+def _ellipse(x: float, y: float, rx: float, ry: float, angle: float):
+    from shapely import affinity
+    from shapely.geometry import Point
+
+    return affinity.rotate(affinity.scale(Point(x, y).buffer(1.0, 64), rx, ry), angle)
+
+
+def test_two_utm_grids_merge_without_inflation(tmp_path: Path) -> None:
+    """Issue 11: the same slumps rasterised on two grids in different UTM zones merge to one grid's area (1 %)."""
+    rng = np.random.default_rng(4)
+    to_lonlat = Transformer.from_crs(32609, 4326, always_xy=True).transform
+    # 40 slumps of 40-150 m radius just east of the 8N/9N boundary (132 W), described in UTM 9N then in lon/lat
+    x0, y0 = 413_000.0, 7_655_000.0
+    local = [_ellipse(x0 + rng.uniform(0, 4000), y0 + rng.uniform(0, 2500), rng.uniform(40, 150),
+                      rng.uniform(40, 150), rng.uniform(0, 180)) for _ in range(40)]
+    local = [s for k, s in enumerate(local) if not any(s.distance(t) < 50 for t in local[:k])]
+    slumps = [transform(to_lonlat, s) for s in local]
+    assert len(slumps) >= 20
+    files = []
+    for epsg, name, tile in ((32608, "S2A_20230701_T08WNA", "08WNA"), (32609, "S2B_20230702_T09WMA", "09WMA")):
+        to_utm = Transformer.from_crs(4326, epsg, always_xy=True).transform
+        utm = [transform(to_utm, s) for s in slumps]
+        xmin, ymin, xmax, ymax = gpd.GeoSeries(utm).total_bounds
+        grid = Affine(10.0, 0.0, np.floor(xmin / 10) * 10 - 300 + (3.7 if epsg == 32609 else 0), 0.0, -10.0,
+                      np.ceil(ymax / 10) * 10 + 300)
+        shape = (int((ymax - ymin) / 10) + 60, int((xmax - xmin) / 10) + 60)
+        dn = rasterize([(g, 220) for g in utm], out_shape=shape, transform=grid, fill=0, dtype="uint8")
+        profile = dict(TILED_GTIFF_PROFILE, width=shape[1], height=shape[0], count=1, dtype="uint8", nodata=255,
+                       crs=f"EPSG:{epsg}", transform=grid, blockxsize=256, blockysize=256)
+        prob = tmp_path / f"{name}.tif"
+        with rasterio.open(prob, "w", **profile) as dst:
+            dst.write(dn, 1)
+            dst.scales = (1 / 254,)
+            dst.update_tags(SCENE_ID=name, TILE=tile, DATETIME="2023-07-01T20:00:00Z", THRESHOLD="0.5")
+        files.append(_polygonize(prob, tmp_path / f"{name}.gpkg"))
+    one_grid = merge_polygons(files[:1], tmp_path / "one.gpkg")
+    merged = merge_polygons(files, tmp_path / "both.gpkg")
+    assert len(merged) == len(one_grid) == len(slumps)
+    assert (merged.n_detections == 2).all()
+    assert merged.area_m2.sum() == pytest.approx(one_grid.area_m2.sum(), rel=0.01)
+    # per slump, the merged outline is one of its two detections: within 1 % of that grid's area
+    other_grid = merge_polygons(files[1:], tmp_path / "other.gpkg")
+    for _, slump in merged.iterrows():
+        areas = [g.area_m2[g.intersects(slump.geometry)].iloc[0] for g in (one_grid, other_grid)]
+        assert min(abs(slump.area_m2 / a - 1) for a in areas) < 0.01
+    union = merge_polygons(files, tmp_path / "union.gpkg", geometry="union")
+    assert union.area_m2.sum() > 1.01 * one_grid.area_m2.sum()  # the union inflates: what the rule avoids
 
 
 def test_empty_inputs_give_valid_empty_layer(tmp_path: Path) -> None:

@@ -47,8 +47,10 @@ pytestmark = [
 class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
     """Serves files under ``server.root`` with HEAD, GET and single-range ``Range: bytes=a-b`` requests.
 
-    ``server.fail`` maps a path to a number of requests that are answered 503 first (a transient error), and
-    ``server.log`` records (method, path, range header) of every request.
+    ``server.fail`` maps a path to a number of requests that are answered 503 first (a transient error),
+    ``server.throttle`` maps a path to ``[requests left, status, Retry-After, ranged reads only]`` (a provider's
+    rate limit), ``server.log`` records (method, path, range header) of every request and ``server.answers``
+    (monotonic time, method, path, status).
     """
 
     protocol_version = "HTTP/1.1"
@@ -75,9 +77,17 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
             left = srv.fail.get(self.path, 0)  # type: ignore[attr-defined]
             if left:
                 srv.fail[self.path] = left - 1  # type: ignore[attr-defined]
-        if left:
-            self._send(503, {"Content-Length": "0", "Retry-After": "0"})
+            throttle = srv.throttle.get(self.path)  # type: ignore[attr-defined]
+            ranged_read = self.command == "GET" and not (self.headers.get("Range") or "bytes=0-").startswith("bytes=0-")
+            throttled = bool(throttle and throttle[0] > 0 and (ranged_read or not throttle[3]))
+            if throttled:
+                throttle[0] -= 1
+        if left or throttled:
+            status, retry_after = (throttle[1], throttle[2]) if throttled else (503, "0")
+            srv.answers.append((time.monotonic(), self.command, self.path, status))  # type: ignore[attr-defined]
+            self._send(status, {"Content-Length": "0", "Retry-After": retry_after})
             return
+        srv.answers.append((time.monotonic(), self.command, self.path, 200))  # type: ignore[attr-defined]
         path = self._file()
         if path is None:
             self._send(404, {"Content-Length": "0"})
@@ -117,6 +127,8 @@ class RangeServer:
         self.httpd.daemon_threads = True
         self.httpd.root = root.resolve()  # type: ignore[attr-defined]
         self.httpd.fail = {}  # type: ignore[attr-defined]
+        self.httpd.throttle = {}  # type: ignore[attr-defined]
+        self.httpd.answers = []  # type: ignore[attr-defined]
         self.httpd.log = []  # type: ignore[attr-defined]
         self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -130,6 +142,14 @@ class RangeServer:
     def fail_next(self, path: str, times: int) -> None:
         """Answer the next ``times`` requests for ``path`` with 503."""
         self.httpd.fail[path] = times  # type: ignore[attr-defined]
+
+    def throttle_next(self, path: str, times: int, status: int, retry_after: str, ranged_reads_only: bool = False) -> None:
+        """Answer the next ``times`` requests for ``path`` (only block reads, if asked) with ``status`` and
+        ``Retry-After: retry_after``."""
+        self.httpd.throttle[path] = [times, status, retry_after, ranged_reads_only]  # type: ignore[attr-defined]
+
+    def answers_for(self, path: str) -> list[tuple[float, str, str, int]]:
+        return [a for a in self.httpd.answers if a[2] == path]  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -306,3 +326,28 @@ def test_missing_remote_asset_is_one_line_and_leaves_nothing(stac_api: str, rang
     msg = str(err.value)
     assert "\n" not in msg and "band B03" in msg and "B03_gone.tif" in msg
     assert list(out_dir.iterdir()) == []
+
+
+def test_429_with_retry_after_is_waited_out(stac_api: str, range_server: RangeServer, tmp_path: Path) -> None:
+    """A provider's rate limit: the first request is answered 429 with Retry-After: 1, then the file is served."""
+    scene = search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B12"])["scenes"][0]
+    path = "/S2_52WEE_20210721/B12.tif"
+    range_server.throttle_next(path, 1, 429, "1")
+    out = fetch_scene(scene, ["B12"], tmp_path / "byk.tif")
+    answers = range_server.answers_for(path)
+    assert [a[3] for a in answers].count(429) == 1 and answers[0][3] == 429
+    assert answers[1][0] - answers[0][0] >= 1.0  # the next request came no sooner than the server asked
+    with rasterio.open(out) as ds, rasterio.open(DEMO_STAC / "sentinel-2-l1c" / "S2_52WEE_20210721" / "B12.tif") as src:
+        assert np.array_equal(ds.read(1), src.read(1))
+
+
+def test_503_during_block_reads_is_retried_by_pixeldino(stac_api: str, range_server: RangeServer,
+                                                        tmp_path: Path) -> None:
+    scene = search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B08"])["scenes"][0]
+    path = "/S2_52WEE_20210721/B08.tif"  # larger than GDAL's first read: its blocks come in later range requests
+    range_server.throttle_next(path, 2, 503, "0", ranged_reads_only=True)
+    out = fetch_scene(scene, ["B08"], tmp_path / "byk.tif")
+    statuses = [a[3] for a in range_server.answers_for(path)]
+    assert statuses.count(503) == 2 and statuses[-1] == 200
+    with rasterio.open(out) as ds, rasterio.open(DEMO_STAC / "sentinel-2-l1c" / "S2_52WEE_20210721" / "B08.tif") as src:
+        assert np.array_equal(ds.read(1), src.read(1))

@@ -44,19 +44,14 @@ def squares(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray
         for _ in range(rng.integers(1, 3)):
             s = int(rng.integers(5, 10))
             y, x = rng.integers(0, size - s, 2)
-            images[i, :, y : y + s, x : x + s] += 3000
+            images[i, :, y : y + s, x : x + s] += np.array([3000, 1500, 300], np.uint16)[:, None, None]
             masks[i, y : y + s, x : x + s] = 1
         if i % 4 == 0:
             masks[i, :, -3:] = 255
     return images, masks
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine makes OpenMP threads spin; restore after."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +86,7 @@ def strip_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def test_supervised_learns_the_squares(data, tmp_path) -> None:
-    metrics = run(data, tmp_path, tiny("supervised", 100, lr=3e-3, val_every=50))
+    metrics = run(data, tmp_path, tiny("supervised", 100, lr=1e-2, val_every=50))
     assert metrics["val"]["iou"] > 0.5
     meta = read_metadata(tmp_path / "model.json")
     assert 0.05 <= meta["threshold"] <= 0.95 and meta["threshold"] == metrics["threshold"]
@@ -108,7 +103,7 @@ def test_supervised_learns_the_squares(data, tmp_path) -> None:
 
 
 def test_pixeldino_runs_and_exports_the_teacher(data, tmp_path) -> None:
-    metrics = run(data, tmp_path, tiny("pixeldino", 8))
+    metrics = run(data, tmp_path, tiny("pixeldino", 8, export="teacher"))
     rows = read_log(tmp_path / "training_log.csv")
     for r in rows:
         assert math.isfinite(float(r["loss_unlabelled"])) and float(r["loss_unlabelled"]) > 0
@@ -124,6 +119,8 @@ def test_pixeldino_runs_and_exports_the_teacher(data, tmp_path) -> None:
     assert meta["mode"] == "pixeldino" and meta["metrics"]["exported"] == "teacher"
     assert meta["training"]["student_temperature"] == 1.0 and "threshold" in meta
     assert metrics["step"] == 8
+    assert set(metrics["candidates"]) == {"student", "teacher"}
+    assert all(r["val_student_iou"] != "" and r["val_teacher_iou"] != "" for r in rows if r["val_iou"] != "")
 
 
 @pytest.mark.parametrize("mode", ["supervised+aug", "fixmatch"])
@@ -133,7 +130,7 @@ def test_other_modes_run(data, tmp_path, mode) -> None:
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     if mode == "fixmatch":
         assert all(0.0 <= float(r["confident_fraction"]) <= 1.0 for r in rows)
-    assert metrics["exported"] == ("teacher" if mode == "fixmatch" else "student")
+    assert metrics["exported"] in (("teacher", "student") if mode == "fixmatch" else ("student",))
 
 
 def test_same_seed_gives_the_same_loss_curve(data, tmp_path) -> None:
@@ -272,7 +269,7 @@ def test_schedules_and_threshold_calibration() -> None:
     assert lr_at(5, cfg) == pytest.approx(5e-4) and lr_at(10, cfg) == pytest.approx(1e-3)
     assert lr_at(100, cfg) == pytest.approx(4e-5)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
-    assert ema_momentum_at(0, cfg) == pytest.approx(0.996) and ema_momentum_at(100, cfg) == pytest.approx(1.0)
+    assert ema_momentum_at(100, cfg) == pytest.approx(1.0)
     counts = np.array([[10, 10, 0]] * 19, dtype=float)
     counts[12] = [10, 1, 1]  # threshold 0.65
     assert calibrate_threshold(counts) == 0.65

@@ -65,6 +65,44 @@ def test_date_range_without_scenes_stops_with_a_clear_message(tmp_path) -> None:
     assert not (work / "results/demo/manifest.json").exists()
 
 
+def _fake_slurm_env(tmp_path: Path) -> dict[str, str]:
+    """PATH with stand-in SLURM commands (tests/fake_slurm) that log each sbatch call to FAKE_SLURM_DIR/sbatch.log."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
+    for name in ("sbatch", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "sshare", "scancel"):
+        (bin_dir / name).symlink_to(fake)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(tmp_path / "state")}
+
+
+def test_fetch_all_downloads_only_scenes_and_fetch_local_keeps_them_off_the_cluster(tmp_path) -> None:
+    """The login-node target fetches every scene of the manifest and nothing else, under the profile's network cap;
+    with fetch.local a SLURM-profile run downloads on the host instead of submitting fetch jobs."""
+    work = _workdir(tmp_path)
+    (work / "config" / "fetch_local.yaml").write_text("fetch:\n  local: true\n")
+    res = snakemake(work, "fetch_all", "--workflow-profile", "workflow/profiles/local")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert 'network=Resource("network", 8)' in out and out.count("network=1") == 2
+    results = work / "results" / "demo"
+    assert sorted(p.name for p in (results / "scenes").glob("*.tif")) == ["S2_08WMA_20210821.tif", "S2_52WEE_20210721.tif"]
+    assert not (results / "chips").exists() and not (results / "model").exists()
+
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    env = _fake_slurm_env(tmp_path)
+    slurm = ["--workflow-profile", "workflow/profiles/slurm", "--latency-wait", "1", "--retries", "0",
+             "--slurm-init-seconds-before-status-checks", "1", "--forcerun", "fetch_scene"]
+    local = run_snakemake(work, *slurm, "--configfile", "config/config.yaml", "config/fetch_local.yaml", "--",
+                          "fetch_all", timeout=300, env=env)
+    assert local.returncode == 0, (local.stdout + local.stderr)[-3000:]  # ran here: nothing was submitted
+    sbatch_log = tmp_path / "state" / "sbatch.log"
+    assert not sbatch_log.exists() or "rule_fetch_scene" not in sbatch_log.read_text()
+    run_snakemake(work, *slurm, "--", "fetch_all", timeout=300, env=env)  # the stand-in fails every job
+    assert sbatch_log.read_text().count("--comment rule_fetch_scene") == 2
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     """The whole chain on the real demo chips with a few training steps (config/test/fast.yaml)."""
@@ -126,6 +164,43 @@ def test_report_is_generated(demo_run) -> None:
         assert expected in html, expected
 
 
+def test_multiyear_variant_runs_the_change_rule(demo_run) -> None:
+    """config/test/multiyear.yaml: two years (the demo chips and a shifted copy), reusing the fast run's model."""
+    import subprocess
+    import sys
+
+    import geopandas as gpd
+    import pyogrio
+
+    from pixeldino.catalog import validate_catalog
+
+    build = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_multiyear_demo.py"), "resources/multiyear"],
+                           cwd=demo_run, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    (demo_run / "config" / "test" / "reuse_model.yaml").write_text("train: {model: results/fast/model/model.safetensors}\n")
+    configs = ["config/config.yaml", "config/test/fast.yaml", "config/test/multiyear.yaml", "config/test/reuse_model.yaml"]
+    res = snakemake(demo_run, "--configfile", *configs)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    out = demo_run / "results" / "multiyear"
+    shift = json.loads((out.parent.parent / "resources" / "multiyear" / "shift.json").read_text())
+    for tile in ("08WMA", "52WEE"):
+        coreg = json.loads((out / "coregistration" / f"{tile}.json").read_text())
+        later = [e for e in coreg["scenes"].values() if e["year"] == 2023]
+        assert len(later) == 1 and later[0]["status"] == "measured"
+        assert abs(later[0]["dx_px"] - shift["dx_px"]) < 0.2 and abs(later[0]["dy_px"] - shift["dy_px"]) < 0.2
+    layers = {name for name, _ in pyogrio.list_layers(out / "rts_change.gpkg")}
+    assert {"rts_2021", "rts_2023", "rts_tracks", "rts_track_links"} <= layers
+    tracks = gpd.read_file(out / "rts_change.gpkg", layer="rts_tracks")
+    # threshold 0 (multiyear.yaml): each chip is one detection, the same in both years once co-registered
+    assert len(tracks) == 2 and (tracks.status == "stable").all() and (tracks.n_years == 2).all()
+    assert (tracks.growth_rel.abs() < 0.01).all()
+    assert {"area_2021_m2", "area_2023_m2", "growth_m2_per_yr", "first_year", "last_year"} <= set(tracks.columns)
+    for png in ("change_map.png", "growth.png"):
+        assert (out / "change" / png).stat().st_size > 5000
+    assert validate_catalog(out / "stac" / "catalog.json") == 2 + 4 + 2  # catalog, collection; 4 scenes; 2 maps
+    assert (out / "benchmarks" / "change.tsv").exists() and not (out / "chips").exists()  # the model was reused
+
+
 def test_slurm_profile_submits_gpu_jobs(demo_run, tmp_path) -> None:
     """The SLURM profile parses, and what the executor plugin hands to sbatch asks train/predict for a GPU.
 
@@ -133,14 +208,7 @@ def test_slurm_profile_submits_gpu_jobs(demo_run, tmp_path) -> None:
     and report every job as failed, so nothing runs. Kept last in this module: it leaves failed-job state behind.
     """
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
-    for name in ("sbatch", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "sshare", "scancel"):
-        (bin_dir / name).symlink_to(fake)
-    import os
-
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(tmp_path / "state")}
+    env = _fake_slurm_env(tmp_path)
     profile = ["--workflow-profile", "workflow/profiles/slurm", "--latency-wait", "1", "--retries", "0",
                "--slurm-init-seconds-before-status-checks", "1",
                "--configfile", "config/config.yaml", "config/test/fast.yaml"]

@@ -72,3 +72,27 @@ def evaluation_outputs():
     return [f"{RESULTS}/evaluation/metrics.json"] + expand(
         f"{RESULTS}/evaluation/quicklook_{{site}}.png", site=SITES
     )
+
+
+# Maps per year and change (change.smk): only when search.years has at least two years.
+CHANGE_YEARS = sorted(config["search"]["years"])
+CHANGE = len(CHANGE_YEARS) >= 2
+CHANGE_OUTPUTS = {
+    "gpkg": f"{RESULTS}/rts_change.gpkg",
+    "tracks_parquet": f"{RESULTS}/rts_tracks.parquet",
+    "years_parquet": f"{RESULTS}/rts_years.parquet",
+    "change_png": f"{RESULTS}/change/change_map.png",
+    "growth_png": f"{RESULTS}/change/growth.png",
+}
+
+
+def manifest_tiles(wildcards=None):
+    return sorted({s["tile"] for s in manifest_scenes()})
+
+
+def tile_scene_ids(tile):
+    return [s["id"] for s in manifest_scenes() if s["tile"] == tile]
+
+
+def coregistration_sidecars(wildcards=None):
+    return expand(f"{RESULTS}/coregistration/{{tile}}.json", tile=manifest_tiles())

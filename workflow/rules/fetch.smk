@@ -4,6 +4,9 @@
 # before the scene and the sidecar, so any job that depends on the scene finds it complete.
 # A scene with no valid or no clear pixel is still written (the DAG stays what the manifest promised) but its
 # sidecar says "skipped": true; chipping leaves it out and prediction on it yields nodata.
+# Downloads hold one unit of the `network` resource: the profiles cap it (`resources: network=8`), so hundreds of
+# fetch jobs never hit a provider at once. With fetch.local: true the fetches run on the host Snakemake runs on
+# (a login node with internet), never on compute nodes.
 rule fetch_scene:
     input:
         manifest=MANIFEST,
@@ -23,10 +26,21 @@ rule fetch_scene:
     threads: 2
     resources:
         mem_mb=4000,
+        network=1,
+    localrule: config["fetch"]["local"]
     conda:
         "../envs/geo.yaml"
     script:
         "../scripts/fetch_scene.py"
+
+
+# Every scene of the manifest, and nothing else: run it where there is internet (a login node) before the GPU and
+# CPU jobs, which then need no network:
+#   snakemake fetch_all --cores 4 --use-conda --configfile config/arctic.yaml
+rule fetch_all:
+    input:
+        lambda w: expand(f"{RESULTS}/scenes/{{scene}}.{{ext}}", scene=scene_ids(), ext=("tif", "json")),
+    localrule: True
 
 
 # Per-tile seasonal median of the fetched scenes over clear pixels (optional, fetch.composite: median):

@@ -5,7 +5,7 @@ rule merge:
         gpkg=f"{RESULTS}/rts_polygons.gpkg",
         parquet=f"{RESULTS}/rts_polygons.parquet",
     params:
-        crs=config["merge"]["crs"],
+        merge=config["merge"],
     log:
         f"{LOGS}/merge.log",
     benchmark:

@@ -2,10 +2,12 @@ rule polygonize_scene:
     input:
         prob=f"{RESULTS}/predictions/{{scene}}_prob.tif",
         sidecar=f"{RESULTS}/scenes/{{scene}}.json",
+        permanent_water=config["quality"]["permanent_water"]["file"] or [],
     output:
         polygons=f"{RESULTS}/polygons/{{scene}}.gpkg",
     params:
         polygonize=config["polygonize"],
+        water=config["quality"]["permanent_water"],
     log:
         f"{LOGS}/polygonize_scene/{{scene}}.log",
     benchmark:

@@ -7,6 +7,7 @@ rule predict_scene:
         pseudo=f"{RESULTS}/predictions/{{scene}}_pseudo.tif",
     params:
         predict=config["predict"],
+        quality=config["quality"],
     threads: 8  # capped at --cores when run locally; the SLURM profile sets its own
     resources:
         gpu=1,

@@ -1,5 +1,5 @@
 """Snakemake script: sliding-window RTS probability (and pseudo-class QA map) over one whole scene."""
-from pixeldino.pipeline import predict_scene_on
+from pixeldino.pipeline import given, predict_scene_on
 from pixeldino.quality import find_quality_mask
 from pixeldino.runner import snakemake_stage
 
@@ -18,8 +18,11 @@ def main() -> None:
         chunk_size=p["chunk_size"],
         tta=p["tta"],
         device=p["device"],
+        backend=p["backend"],
+        precision=p["precision"],
         num_threads=snakemake.threads,
         quality_mask=find_quality_mask(snakemake.input.scene),  # the SCL mask fetch wrote, if any (L2A)
+        **given(snakemake.params.quality, {"nodata_classes": "nodata_classes"}),
     )
 
 

@@ -1,4 +1,4 @@
-"""Snakemake script: train a segmentation model on the chips and export the teacher."""
+"""Snakemake script: train a segmentation model on the chips and export it (teacher or student, train.export)."""
 from pixeldino.pipeline import train_config_from
 from pixeldino.runner import snakemake_stage
 from pixeldino.train import train_from_store
