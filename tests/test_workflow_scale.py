@@ -45,16 +45,20 @@ def test_arctic_dry_run_plans_every_tile_within_a_minute(work: Path) -> None:
     elapsed = time.perf_counter() - started
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     counts = job_counts(res.stdout)
-    # one fetch, one prediction and one polygonization per scene of the manifest; one chip, train and merge
+    # one fetch, one prediction and one polygonization per scene of the manifest; one chip, train and merge; with
+    # three search years one co-registration per tile (one scene per tile here) and one change map; the catalog
     assert counts == {
         "fetch_scene": n_scenes,
         "chip": 1,
         "train": 1,
         "predict_scene": n_scenes,
         "polygonize_scene": n_scenes,
+        "coregister_tile": n_scenes,
         "merge": 1,
+        "change": 1,
+        "catalog": 1,
         "all": 1,
-        "total": 3 * n_scenes + 4,
+        "total": 4 * n_scenes + 6,
     }
     assert elapsed < 60, f"dry run took {elapsed:.1f} s"
 
