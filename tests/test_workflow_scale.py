@@ -72,6 +72,8 @@ def test_killed_run_resumes_with_only_the_unfinished_work(work: Path) -> None:
     proc = subprocess.Popen(
         [SNAKEMAKE, *args], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        # a shell's background job inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     train_log = work / "results" / "fast" / "logs" / "train.log"
     deadline = time.monotonic() + 400
