@@ -47,12 +47,12 @@ sys.path.insert(0, str(ROOT))
 
 from pixeldino import synthetic  # noqa: E402
 from pixeldino.labels import IGNORE  # noqa: E402
+from pixeldino.train import SEMI_MODES  # noqa: E402
 
 TRAIN_SEEDS = (0, 1, 2)
 VAL_SEED = 50
 UNLABELLED_SEEDS = (100, 101, 102)
 TEST_SEED = 1000
-MODES = ("supervised", "supervised+aug", "pixeldino-beta0", "fixmatch", "pixeldino", "oracle")
 #: (benchmark mode) -> (TrainConfig.mode, overrides)
 MODE_CONFIG: dict[str, tuple[str, dict[str, Any]]] = {
     "supervised": ("supervised", {}),
@@ -62,6 +62,7 @@ MODE_CONFIG: dict[str, tuple[str, dict[str, Any]]] = {
     "pixeldino": ("pixeldino", {}),
     "oracle": ("supervised+aug", {}),
 }
+MODES = tuple(MODE_CONFIG)
 
 
 def demo_augment() -> str:
@@ -230,7 +231,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(args.work_dir) / f"{job['tag']}-{job['mode'].replace('+', '_')}-s{job['seed']}"
     t0 = time.perf_counter()
     trainer = Trainer(
-        **chips, unlabelled_images=unl_images if cfg.mode in ("fixmatch", "pixeldino") else None,
+        **chips, unlabelled_images=unl_images if cfg.mode in SEMI_MODES else None,
         bands=list(synthetic.BANDS), out_dir=out_dir, config=cfg, progress=False,
     )  # fmt: skip
     metrics = trainer.run(resume=False)
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [{"mode": m, "seed": s, "tag": args.tag, "threads": threads, "args": job_args}
                 for s in args.seeds for m in args.modes]  # fmt: skip
         # the longest runs first, so that two workers finish together
-        jobs.sort(key=lambda j: MODE_CONFIG[j["mode"]][0] not in ("fixmatch", "pixeldino"))
+        jobs.sort(key=lambda j: MODE_CONFIG[j["mode"]][0] not in SEMI_MODES)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

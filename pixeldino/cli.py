@@ -261,12 +261,9 @@ def cmd_config(a: argparse.Namespace) -> None:
 def _train_options(p: argparse.ArgumentParser) -> None:
     """One ``--option`` per :class:`pixeldino.train.TrainConfig` field, defaults from the dataclass."""
     from pixeldino import train
-    from pixeldino.model import NORMS
     from pixeldino.params import add_dataclass_options
 
-    choices = {"mode": train.MODES, "norm": NORMS, "export": train.EXPORTS, "target_warp": train.TARGET_WARPS,
-               "pseudo_resolution": train.PSEUDO_RESOLUTIONS, "device": ("auto", "cpu", "cuda")}  # fmt: skip
-    add_dataclass_options(p, train.TrainConfig, exclude=("normalisation",), choices=choices,
+    add_dataclass_options(p, train.TrainConfig, exclude=("normalisation",), choices=train.CHOICES,
                           aliases={"num_threads": ("--threads",)})  # fmt: skip
 
 

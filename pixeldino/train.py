@@ -90,6 +90,11 @@ SEMI_MODES = ("fixmatch", "pixeldino")
 EXPORTS = ("best", "teacher", "student")
 TARGET_WARPS = ("shared", "independent")
 PSEUDO_RESOLUTIONS = ("full", "half")
+#: The allowed values of the TrainConfig fields that take one of a few names (checked here, offered by the CLI).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": MODES, "norm": NORMS, "export": EXPORTS, "target_warp": TARGET_WARPS,
+    "pseudo_resolution": PSEUDO_RESOLUTIONS, "device": ("auto", "cpu", "cuda"),
+}  # fmt: skip
 #: Candidate thresholds for calibration on the validation chips.
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 CHECKPOINT_FORMAT = "pixeldino-checkpoint"
@@ -211,11 +216,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`TrainingError` (one line) for an inconsistent configuration."""
-        choices = {
-            "mode": MODES, "norm": NORMS, "export": EXPORTS, "target_warp": TARGET_WARPS,
-            "pseudo_resolution": PSEUDO_RESOLUTIONS, "device": ("auto", "cpu", "cuda"),
-        }  # fmt: skip
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise TrainingError(f"train.{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         for name in ("steps", "batch_labelled", "width", "depth", "n_pseudo_classes"):
