@@ -12,14 +12,18 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pixeldino-installed
 
-.PHONY: venv demo test test-all lint dryrun report clean-demo bench-gpu
+.PHONY: venv demo test test-all check schema lint dryrun report clean-demo bench-gpu
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/pins.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# torch first, pinned, so that nothing else can pull a different (CUDA) build.
+	@# torch first, pinned, so that nothing else can pull a different (CUDA) build. TORCH_SPEC's default is the
+	@# torch line of requirements/pins.txt (tests/test_conda_envs.py checks that they agree).
 	$(BIN)/python -m pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# Everything else at the tested versions: the pin list as constraints. Its torch line is left out so that a
+	@# TORCH_SPEC naming another build or release stays installed instead of being swapped for PyPI's torch.
+	grep -v '^torch==' requirements/pins.txt > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,12 +32,23 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml $(SNAKEMAKE_ARGS)
 
-## Run the test suite (fast tests; `make test-all` adds the slow ones)
-test: $(STAMP)
+## Run the static checks, then the test suite (fast tests; `make test-all` adds the slow ones)
+test: check
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+test-all: check
 	$(BIN)/python -m pytest -q -m ""
+
+## Static checks: ruff (lint and format), mypy on the package, the generated config schema up to date
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pixeldino.schema --check
+
+## Regenerate pixeldino/data/config.schema.yaml after changing a stage parameter dataclass
+schema: $(STAMP)
+	$(BIN)/python -m pixeldino.schema
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/config.yaml

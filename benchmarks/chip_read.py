@@ -1,7 +1,8 @@
 """Chips per second read from a chip store (zarr, one chunk per chip), the way training reads them.
 
-Builds a store with the real :func:`pixeldino.chip.make_chips` from a synthetic fetched scene (uint16, random
-reflectance-like DN, so compression is realistic, not flattering), then times with :class:`pixeldino.chip.ChipStore`:
+Builds a store with the real :func:`pixeldino.chip.run_chip` from a synthetic fetched scene (uint16, random
+reflectance-like DN, so compression is realistic, not flattering), then times with
+:class:`pixeldino.chipstore.ChipStore`:
 
 * ``bulk``: ``store.labelled("train")`` + ``store.unlabelled()``, what the trainer does once at start-up;
 * ``random_batches``: ``read_labelled`` / ``read_unlabelled`` of random batches, what a streaming loader for stores
@@ -28,7 +29,8 @@ from affine import Affine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pixeldino.chip import ChipStore, make_chips  # noqa: E402
+from pixeldino.chip import ChipParams, run_chip  # noqa: E402
+from pixeldino.chipstore import ChipStore  # noqa: E402
 
 BAND_IDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 
@@ -38,9 +40,23 @@ def _scene(path: Path, size: int, n_bands: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     bands = BAND_IDS[:n_bands]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=n_bands, dtype="uint16",
-                       crs="EPSG:32608", transform=Affine(10, 0, 400_000, 0, -10, 7_600_000), nodata=0,
-                       tiled=True, blockxsize=512, blockysize=512, compress="deflate", predictor=2) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=n_bands,
+        dtype="uint16",
+        crs="EPSG:32608",
+        transform=Affine(10, 0, 400_000, 0, -10, 7_600_000),
+        nodata=0,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        predictor=2,
+    ) as dst:
         for i, band in enumerate(bands, start=1):
             field = 1500 + 800 * np.sin(xx / (50 + 7 * i)) * np.cos(yy / (80 + 5 * i))
             data = np.clip(field + rng.normal(0, 120, field.shape), 1, 10000).astype(np.uint16)
@@ -71,13 +87,15 @@ def main(argv: list[str] | None = None) -> dict:
         from shapely.geometry import box
 
         labels = Path(tmp) / "labels.gpkg"
-        polys = [box(400_000 + x, 7_600_000 - 4000 - x, 400_000 + x + 200, 7_600_000 - 3800 - x)
-                 for x in range(0, 10 * args.scene_size - 400, 1500)]
+        polys = [
+            box(400_000 + x, 7_600_000 - 4000 - x, 400_000 + x + 200, 7_600_000 - 3800 - x)
+            for x in range(0, 10 * args.scene_size - 400, 1500)
+        ]
         gpd.GeoDataFrame(geometry=polys, crs="EPSG:32608").to_file(labels, layer="rts")
         store_path = Path(tmp) / "chips.zarr"
         t0 = time.perf_counter()
-        make_chips(scenes=[scene], bands=bands, out_path=store_path, labels=labels, unlabelled_scenes=[scene],
-                   chip_size=args.chip_size, n_labelled=args.n_chips, n_unlabelled=args.n_chips, seed=0)
+        params = ChipParams(size=args.chip_size, n_labelled=args.n_chips, n_unlabelled=args.n_chips, seed=0)
+        run_chip(params, scenes=[scene], bands=bands, out=store_path, labels=labels, unlabelled_scenes=[scene])
         build_s = time.perf_counter() - t0
         size_mb = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file()) / 1e6
 

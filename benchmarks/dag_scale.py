@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from make_arctic_fixture_manifest import fixture_manifest  # noqa: E402
 from wfutil import job_counts, run_snakemake  # noqa: E402
 
-from pixeldino.search import write_manifest  # noqa: E402
+from pixeldino.manifest import write_manifest  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +41,11 @@ def main() -> None:
             if res.returncode != 0:
                 raise SystemExit(res.stderr[-2000:])
             counts = job_counts(res.stdout)
-            print(json.dumps({"scenes": counts.get("fetch_scene"), "jobs": counts.get("total"),
-                              "seconds": round(seconds, 2)}))
+            print(
+                json.dumps(
+                    {"scenes": counts.get("fetch_scene"), "jobs": counts.get("total"), "seconds": round(seconds, 2)}
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -179,6 +179,7 @@ def scene_iou(model: Any, spec: dict[str, Any], test: dict[str, Any], thresholds
     """Pixel IoU pooled over a region's test scenes for each named threshold (whole-scene forward passes)."""
     import torch
 
+    from pixeldino.metrics import ratio
     from pixeldino.normalise import normalise
 
     counts = {k: np.zeros(3) for k in thresholds}
@@ -191,7 +192,7 @@ def scene_iou(model: Any, spec: dict[str, Any], test: dict[str, Any], thresholds
             for k, t in thresholds.items():
                 pred = p >= t
                 counts[k] += [np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)]
-    return {k: (float(tp / (tp + fp + fn)) if tp + fp + fn else None) for k, (tp, fp, fn) in counts.items()}
+    return {k: ratio(tp, tp + fp + fn) for k, (tp, fp, fn) in counts.items()}
 
 
 def train_config(job: dict[str, Any]) -> Any:
@@ -218,7 +219,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(job["threads"])
-    from pixeldino.train import Trainer
+    from pixeldino.train import Trainer, TrainingChips, TrainOutputs
 
     args = argparse.Namespace(**job["args"])
     data = cached_data(args)
@@ -230,10 +231,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         chips["labelled_masks"] = np.concatenate([chips["labelled_masks"], unl_masks])
     out_dir = Path(args.work_dir) / f"{job['tag']}-{job['mode'].replace('+', '_')}-s{job['seed']}"
     t0 = time.perf_counter()
-    trainer = Trainer(
-        **chips, unlabelled_images=unl_images if cfg.mode in SEMI_MODES else None,
-        bands=list(synthetic.BANDS), out_dir=out_dir, config=cfg, progress=False,
+    training_chips = TrainingChips(
+        bands=list(synthetic.BANDS), **chips, unlabelled_images=unl_images if cfg.mode in SEMI_MODES else None,
     )  # fmt: skip
+    trainer = Trainer(training_chips, cfg, TrainOutputs.in_dir(out_dir), progress=False)
     metrics = trainer.run(resume=False)
     seconds = time.perf_counter() - t0
     evaluated: dict[str, Any] = {}
@@ -241,14 +242,17 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         key = metrics["exported"] if name == "exported" else "student"
         cand = metrics["candidates"][key]
         thresholds = {"p0.5": 0.5, "calibrated": float(cand["threshold"])}
-        per_region = {r: scene_iou(trainer.final_models[key], trainer.spec, t, thresholds) for r, t in data["test"].items()}
+        per_region = {
+            r: scene_iou(trainer.final_models[key], trainer.spec, t, thresholds) for r, t in data["test"].items()
+        }
         evaluated[name] = {
-            "val_iou": (cand["val"] or {}).get("iou"), "val_iou_calibrated": (cand["val_at_threshold"] or {}).get("iou"),
+            "val_iou": (cand["val"] or {}).get("iou"),
+            "val_iou_calibrated": (cand["val_at_threshold"] or {}).get("iou"),
             "threshold": cand["threshold"], "test_iou": {r: v["p0.5"] for r, v in per_region.items()},
             "test_iou_calibrated": {r: v["calibrated"] for r, v in per_region.items()},
         }  # fmt: skip
     last: dict[str, float] = {}
-    rows = list(csv.DictReader((out_dir / "training_log.csv").open()))
+    rows = list(csv.DictReader(trainer.outputs.log_csv.open()))
     for key in ("usage_entropy", "teacher_entropy", "agreement", "confident_fraction", "loss_unlabelled"):
         vals = [float(r[key]) for r in rows[-5:] if r.get(key) not in (None, "")]
         if vals:
@@ -301,13 +305,18 @@ def summary(recs: list[dict[str, Any]], held_out: list[str], labelled: list[str]
         cal = vals(mode, "test_iou_calibrated", held_out)
         a = np.array(list(cal.values()))
         modes[mode] = {
-            "seeds": sorted(cal), "held_out_mean": float(a.mean()), "held_out_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "per_region": {reg: float(np.mean([100 * (r["test_iou_calibrated"][reg] or 0) for r in by_mode[mode].values()]))
-                           for reg in held_out},
+            "seeds": sorted(cal), "held_out_mean": float(a.mean()),
+            "held_out_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "per_region": {
+                reg: float(np.mean([100 * (r["test_iou_calibrated"][reg] or 0) for r in by_mode[mode].values()]))
+                for reg in held_out
+            },
             "held_out_mean_p05": float(np.mean(list(vals(mode, "test_iou", held_out).values()))),
             "held_out_mean_student": float(np.mean(list(vals(mode, "test_iou_calibrated", held_out, True).values()))),
             "in_domain_mean": float(np.mean(list(vals(mode, "test_iou_calibrated", labelled).values()))),
-            "val_iou_calibrated": float(np.mean([100 * (r["val_iou_calibrated"] or 0) for r in by_mode[mode].values()])),
+            "val_iou_calibrated": float(
+                np.mean([100 * (r["val_iou_calibrated"] or 0) for r in by_mode[mode].values()])
+            ),
             "exported": sorted({r["exported"] for r in by_mode[mode].values()}),
         }  # fmt: skip
     out: dict[str, Any] = {"modes": modes, "paired": {}, "oracle_gap_closed": {}}
@@ -327,7 +336,9 @@ def summary(recs: list[dict[str, Any]], held_out: list[str], labelled: list[str]
 def markdown(summ: dict[str, Any], recs: list[dict[str, Any]], held_out: list[str], labelled: list[str]) -> str:
     """Tables for BENCHMARKS.md from a :func:`summary`."""
     lines = [
-        "| mode | seeds | val (cal.) | in-domain test | " + " | ".join(held_out) + " | **held-out mean** | at p = 0.5 | "
+        "| mode | seeds | val (cal.) | in-domain test | "
+        + " | ".join(held_out)
+        + " | **held-out mean** | at p = 0.5 | "
         "student | exported |",
         "|---|---|---|---|" + "---|" * len(held_out) + "---|---|---|---|",
     ]
@@ -355,8 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--labelled-regions", nargs="+", default=list(synthetic.LABELLED_REGIONS), choices=list(synthetic.REGIONS))
-    p.add_argument("--held-out-regions", nargs="+", default=list(synthetic.HELD_OUT_REGIONS), choices=list(synthetic.REGIONS))
+    p.add_argument(
+        "--labelled-regions", nargs="+", default=list(synthetic.LABELLED_REGIONS), choices=list(synthetic.REGIONS)
+    )
+    p.add_argument(
+        "--held-out-regions", nargs="+", default=list(synthetic.HELD_OUT_REGIONS), choices=list(synthetic.REGIONS)
+    )
     p.add_argument("--scene-seed-offset", type=int, default=0, help="added to every data seed: fresh scenes")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=8)
@@ -375,8 +390,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-scenes", type=int, default=8, help="test scenes per region")
     p.add_argument("--chips-per-region", type=int, default=96)
     p.add_argument("--unlabelled-per-region", type=int, default=192)
-    p.add_argument("--strong-augment", default=demo_augment(),
-                   help="JSON overrides of StrongAugmentConfig (train.augment); default: the demo's milder colour changes")
+    p.add_argument(
+        "--strong-augment",
+        default=demo_augment(),
+        help="JSON overrides of StrongAugmentConfig (train.augment); default: the demo's milder colour changes",
+    )
     p.add_argument("--train-json", default=None, help="JSON overrides of any TrainConfig field (ablations)")
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 if jobs > 1)")

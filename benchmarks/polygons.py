@@ -1,9 +1,9 @@
 """Polygonization and merge throughput on a full synthetic scene, and merge scaling to 100k polygons.
 
 1. A 10980 x 10980 probability raster (EPSG:32608) with ``--slumps`` elliptical, irregular detections is polygonized
-   (``pixeldino.polygonize.polygonize_scene``).
+   (``pixeldino.polygonize.run_polygonize``).
 2. The same slumps seen by a neighbouring tile in the next UTM zone (EPSG:32609, shifted by a few metres, as
-   two overlapping MGRS tiles would) are merged with the first (``pixeldino.merge.merge_polygons``): every slump
+   two overlapping MGRS tiles would) are merged with the first (``pixeldino.merge.run_merge``): every slump
    must come out once.
 3. ``--merge-polygons`` detections spread over many scene files are merged, to show the spatial index keeps this
    far from O(n^2).
@@ -26,8 +26,8 @@ import rasterio
 from affine import Affine
 
 from pixeldino.io import TILED_GTIFF_PROFILE
-from pixeldino.merge import merge_polygons
-from pixeldino.polygonize import polygonize_scene, write_layer
+from pixeldino.merge import MergeParams, run_merge
+from pixeldino.polygonize import PolygonizeParams, run_polygonize, write_layer
 
 ORIGIN_X, ORIGIN_Y = 600000.0, 7600020.0  # a UTM 8N tile near the zone's eastern edge
 
@@ -38,13 +38,22 @@ def synthetic_probability(path: Path, size: int, n_slumps: int, seed: int) -> No
     cy, cx = rng.uniform(50, size - 50, (2, n_slumps))
     ry, rx = rng.uniform(3, 25, (2, n_slumps))
     peak = rng.integers(160, 254, n_slumps)
-    profile = dict(TILED_GTIFF_PROFILE, width=size, height=size, count=1, dtype="uint8", nodata=255,
-                   crs="EPSG:32608", transform=Affine(10, 0, ORIGIN_X, 0, -10, ORIGIN_Y))
+    profile = dict(
+        TILED_GTIFF_PROFILE,
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs="EPSG:32608",
+        transform=Affine(10, 0, ORIGIN_X, 0, -10, ORIGIN_Y),
+    )
     strip = 512
     with rasterio.open(path, "w", **profile) as dst:
         dst.scales = (1 / 254,)
-        dst.update_tags(SCENE_ID="S2_SYNTH_A", TILE="08WXX", DATETIME="2023-07-20T20:00:00Z", MODEL="bench",
-                        THRESHOLD="0.5")
+        dst.update_tags(
+            SCENE_ID="S2_SYNTH_A", TILE="08WXX", DATETIME="2023-07-20T20:00:00Z", MODEL="bench", THRESHOLD="0.5"
+        )
         for r0 in range(0, size, strip):
             rows = np.arange(r0, min(r0 + strip, size))[:, None]
             cols = np.arange(size)[None, :]
@@ -72,12 +81,22 @@ def main() -> None:
         synthetic_probability(prob, args.size, args.slumps, args.seed)
 
         t = time.perf_counter()
-        scene_a = polygonize_scene(prob, tmp / "a.gpkg", min_area_m2=500)
+        scene_a = run_polygonize(PolygonizeParams(min_area_m2=500), prob, tmp / "a.gpkg")
         dt = time.perf_counter() - t
         km2 = scene_a["area_m2"].sum() / 1e6
-        print(json.dumps({"step": "polygonize", "size": args.size, "polygons": len(scene_a), "seconds": round(dt, 2),
-                          "polygons_per_s": round(len(scene_a) / dt, 1), "scene_km2_per_s": round(
-                              (args.size * 10 / 1000) ** 2 / dt, 1), "rts_km2": round(km2, 2)}))
+        print(
+            json.dumps(
+                {
+                    "step": "polygonize",
+                    "size": args.size,
+                    "polygons": len(scene_a),
+                    "seconds": round(dt, 2),
+                    "polygons_per_s": round(len(scene_a) / dt, 1),
+                    "scene_km2_per_s": round((args.size * 10 / 1000) ** 2 / dt, 1),
+                    "rts_km2": round(km2, 2),
+                }
+            )
+        )
 
         # the same slumps from a neighbouring tile in the next UTM zone, a few metres off
         scene_b = scene_a.to_crs("EPSG:32609")
@@ -85,12 +104,21 @@ def main() -> None:
         scene_b["scene_id"], scene_b["tile"], scene_b["datetime"] = "S2_SYNTH_B", "09WXX", "2023-08-02T20:00:00Z"
         write_layer(scene_b, tmp / "b.gpkg")
         t = time.perf_counter()
-        merged = merge_polygons([tmp / "a.gpkg", tmp / "b.gpkg"], tmp / "merged.gpkg", out_parquet=tmp / "m.parquet")
+        merged = run_merge(MergeParams(), [tmp / "a.gpkg", tmp / "b.gpkg"], tmp / "merged.gpkg", tmp / "m.parquet")
         dt = time.perf_counter() - t
-        print(json.dumps({"step": "merge two overlapping tiles", "inputs": 2 * len(scene_a), "slumps": len(merged),
-                          "all_deduplicated": bool((merged["n_detections"] == 2).all()), "seconds": round(dt, 2),
-                          "polygons_per_s": round(2 * len(scene_a) / dt, 1),
-                          "km2_per_s": round(merged["area_m2"].sum() / 1e6 / dt, 2)}))
+        print(
+            json.dumps(
+                {
+                    "step": "merge two overlapping tiles",
+                    "inputs": 2 * len(scene_a),
+                    "slumps": len(merged),
+                    "all_deduplicated": bool((merged["n_detections"] == 2).all()),
+                    "seconds": round(dt, 2),
+                    "polygons_per_s": round(2 * len(scene_a) / dt, 1),
+                    "km2_per_s": round(merged["area_m2"].sum() / 1e6 / dt, 2),
+                }
+            )
+        )
 
         # merge scaling: copies of scene A's polygons shifted across a grid of scenes, neighbours overlapping
         per_scene = len(scene_a)
@@ -104,11 +132,20 @@ def main() -> None:
             files.append(tmp / f"s{k:03d}.gpkg")
             write_layer(shifted, files[-1])
         t = time.perf_counter()
-        merged = merge_polygons(files, tmp / "big.gpkg", out_parquet=tmp / "big.parquet")
+        merged = run_merge(MergeParams(), files, tmp / "big.gpkg", tmp / "big.parquet")
         dt = time.perf_counter() - t
-        print(json.dumps({"step": "merge scaling", "inputs": per_scene * n_files, "files": n_files,
-                          "slumps": len(merged), "seconds": round(dt, 2),
-                          "polygons_per_s": round(per_scene * n_files / dt, 1)}))
+        print(
+            json.dumps(
+                {
+                    "step": "merge scaling",
+                    "inputs": per_scene * n_files,
+                    "files": n_files,
+                    "slumps": len(merged),
+                    "seconds": round(dt, 2),
+                    "polygons_per_s": round(per_scene * n_files / dt, 1),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -58,14 +58,24 @@ def synthesise_scene(path: Path, size: int, n_bands: int, seed: int = 0) -> None
 
     from pixeldino.io import TILED_GTIFF_PROFILE
 
-    profile = dict(TILED_GTIFF_PROFILE, width=size, height=size, count=n_bands, dtype="uint16", nodata=0,
-                   crs="EPSG:32608", transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7700000.0))
+    profile = dict(
+        TILED_GTIFF_PROFILE,
+        width=size,
+        height=size,
+        count=n_bands,
+        dtype="uint16",
+        nodata=0,
+        crs="EPSG:32608",
+        transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7700000.0),
+    )
     rng = np.random.default_rng(seed)
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, size, 512):
             h = min(512, size - row)
-            dst.write(rng.integers(1, 4000, (n_bands, h, size), dtype=np.uint16),
-                      window=rasterio.windows.Window(0, row, size, h))
+            dst.write(
+                rng.integers(1, 4000, (n_bands, h, size), dtype=np.uint16),
+                window=rasterio.windows.Window(0, row, size, h),
+            )
         dst.descriptions = tuple(BANDS[:n_bands])
         dst.update_tags(SCENE_ID="BENCHMARK", TILE="08WMC", DATETIME="2023-07-01T20:00:00Z")
 
@@ -90,30 +100,52 @@ def grid_patches(size: int, patch: int, stride: int) -> int:
 def child_predict(a: argparse.Namespace) -> dict:
     import torch
 
-    from pixeldino import predict
+    from pixeldino import patches, predict
 
     forwarded = 0
-    original = predict._PatchPredictor.forward
+    original = patches.PatchPredictor.forward
 
     def counting_forward(self, x):  # noqa: ANN001, ANN202 - instrumentation only
         nonlocal forwarded
         forwarded += x.shape[0]
         return original(self, x)
 
-    predict._PatchPredictor.forward = counting_forward
+    patches.PatchPredictor.forward = counting_forward
     torch.set_num_threads(a.threads)
     t, cpu = time.perf_counter(), time.process_time()
-    predict.predict_scene(a.scene, a.model, a.out, patch_size=a.patch_size, overlap=a.overlap,
-                          batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, num_threads=a.threads,
-                          backend=a.backend, precision=a.precision,
-                          out_pseudo=a.out.with_name("pseudo.tif") if a.pseudo else None)
+    predict.predict_scene(
+        predict.PredictParams(
+            patch_size=a.patch_size,
+            overlap=a.overlap,
+            batch_size=a.batch_size,
+            chunk_size=a.chunk_size,
+            device=a.device,
+            num_threads=a.threads,
+            backend=a.backend,
+            precision=a.precision,
+        ),
+        a.scene,
+        a.model,
+        a.out,
+        out_pseudo=a.out.with_name("pseudo.tif") if a.pseudo else None,
+    )
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     stride = max(1, round(a.patch_size * (1 - a.overlap)))
     patches = grid_patches(a.size, a.patch_size, stride)
-    return {"mode": "predict", "backend": a.backend, "size": a.size, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "px_per_s": round(a.size**2 / wall), "patches_per_cpu_s": round(patches / cpu, 3),
-            "patches": patches, "forwarded": forwarded, "patches_per_s": round(patches / wall, 2),
-            "peak_rss_mb": round(peak_rss_mb()), "chunk_size": a.chunk_size}
+    return {
+        "mode": "predict",
+        "backend": a.backend,
+        "size": a.size,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "px_per_s": round(a.size**2 / wall),
+        "patches_per_cpu_s": round(patches / cpu, 3),
+        "patches": patches,
+        "forwarded": forwarded,
+        "patches_per_s": round(patches / wall, 2),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "chunk_size": a.chunk_size,
+    }
 
 
 def child_forward(a: argparse.Namespace) -> dict:
@@ -126,9 +158,17 @@ def child_forward(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     backend, device = resolve_engine(a.backend, a.device, a.precision)
     model, meta = load_model(a.model, device if backend == "torch" else "cpu")
-    engine = load_engine(backend, model, device, model_path=a.model, model_id=model_id(a.model),
-                         patch=a.patch_size, batch_size=a.batch_size, num_threads=a.threads,
-                         precision=resolve_precision(a.precision, backend, device))
+    engine = load_engine(
+        backend,
+        model,
+        device,
+        model_path=a.model,
+        model_id=model_id(a.model),
+        patch=a.patch_size,
+        batch_size=a.batch_size,
+        num_threads=a.threads,
+        precision=resolve_precision(a.precision, backend, device),
+    )
     x = torch.rand(a.batch_size, len(meta["bands"]), a.patch_size, a.patch_size).to(engine.device)
 
     def run() -> None:
@@ -152,10 +192,18 @@ def child_forward(a: argparse.Namespace) -> dict:
     worker.join()
     wall, cpu = min(timings)
     n = a.forward_batches * a.batch_size
-    return {"mode": "forward", "backend": backend, "patches": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "main_vs_thread_wall_s": [round(t[0], 2) for t in timings],
-            "patches_per_s": round(n / wall, 2), "patches_per_cpu_s": round(n / cpu, 3),
-            "px_per_s": round(n * a.patch_size**2 / wall), "peak_rss_mb": round(peak_rss_mb())}
+    return {
+        "mode": "forward",
+        "backend": backend,
+        "patches": n,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "main_vs_thread_wall_s": [round(t[0], 2) for t in timings],
+        "patches_per_s": round(n / wall, 2),
+        "patches_per_cpu_s": round(n / cpu, 3),
+        "px_per_s": round(n * a.patch_size**2 / wall),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 def child_inmemory(a: argparse.Namespace) -> dict:
@@ -163,10 +211,10 @@ def child_inmemory(a: argparse.Namespace) -> dict:
     import rasterio
     import torch
 
+    from pixeldino.model import resolve_device
     from pixeldino.modelio import load_model
     from pixeldino.normalise import normalise
-    from pixeldino.model import resolve_device
-    from pixeldino.predict import patch_window
+    from pixeldino.patches import patch_window
 
     torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
@@ -194,14 +242,31 @@ def child_inmemory(a: argparse.Namespace) -> dict:
     with rasterio.open(a.out, "w", **profile) as dst:
         dst.write(out, 1)
     wall = time.perf_counter() - t
-    return {"mode": "inmemory", "size": a.size, "wall_s": round(wall, 2), "px_per_s": round(a.size**2 / wall),
-            "patches": len(coords), "peak_rss_mb": round(peak_rss_mb())}
+    return {
+        "mode": "inmemory",
+        "size": a.size,
+        "wall_s": round(wall, 2),
+        "px_per_s": round(a.size**2 / wall),
+        "patches": len(coords),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 def _run_child(mode: str, a: argparse.Namespace, backend: str = "torch", **paths: Path) -> dict:
     args = [sys.executable, __file__, "--child", mode, "--backend", backend] + (["--pseudo"] if a.pseudo else [])
-    for key in ("size", "bands", "width", "patch_size", "overlap", "batch_size", "chunk_size", "threads", "device",
-                "forward_batches", "precision"):
+    for key in (
+        "size",
+        "bands",
+        "width",
+        "patch_size",
+        "overlap",
+        "batch_size",
+        "chunk_size",
+        "threads",
+        "device",
+        "forward_batches",
+        "precision",
+    ):
         args += [f"--{key.replace('_', '-')}", str(getattr(a, key))]
     for key, value in paths.items():
         args += [f"--{key}", str(value)]
@@ -261,16 +326,27 @@ def main(argv: list[str] | None = None) -> None:
             for r in (before, pred, after):
                 print(json.dumps(r), flush=True)
             fwd = max(before, after, key=lambda r: r["patches_per_s"])
-            summary = {"mode": "summary", "backend": backend, "precision": a.precision, "size": a.size, "bands": a.bands,
-                       "patch_size": a.patch_size, "batch_size": a.batch_size, "threads": a.threads,
-                       "device": a.device, "forward_patches_per_s": fwd["patches_per_s"],
-                       "predict_patches_per_s": pred["patches_per_s"],
-                       "ratio": round(pred["patches_per_s"] / fwd["patches_per_s"], 3),
-                       "ratio_cpu_time": round(pred["patches_per_cpu_s"] / max(before["patches_per_cpu_s"],
-                                                                               after["patches_per_cpu_s"]), 3),
-                       "redundant_forward_share": round(pred["forwarded"] / pred["patches"] - 1, 3),
-                       "predict_wall_s": pred["wall_s"], "predict_peak_rss_mb": pred["peak_rss_mb"],
-                       "load_avg_1min": round(os.getloadavg()[0], 2)}
+            summary = {
+                "mode": "summary",
+                "backend": backend,
+                "precision": a.precision,
+                "size": a.size,
+                "bands": a.bands,
+                "patch_size": a.patch_size,
+                "batch_size": a.batch_size,
+                "threads": a.threads,
+                "device": a.device,
+                "forward_patches_per_s": fwd["patches_per_s"],
+                "predict_patches_per_s": pred["patches_per_s"],
+                "ratio": round(pred["patches_per_s"] / fwd["patches_per_s"], 3),
+                "ratio_cpu_time": round(
+                    pred["patches_per_cpu_s"] / max(before["patches_per_cpu_s"], after["patches_per_cpu_s"]), 3
+                ),
+                "redundant_forward_share": round(pred["forwarded"] / pred["patches"] - 1, 3),
+                "predict_wall_s": pred["wall_s"],
+                "predict_peak_rss_mb": pred["peak_rss_mb"],
+                "load_avg_1min": round(os.getloadavg()[0], 2),
+            }
             if naive is not None:
                 summary["speedup_vs_inmemory"] = round(naive["wall_s"] / pred["wall_s"], 3)
                 summary["rss_inmemory_vs_predict"] = round(naive["peak_rss_mb"] / pred["peak_rss_mb"], 2)

@@ -27,8 +27,9 @@ from rasterio.features import rasterize, shapes
 from shapely.geometry import shape
 
 from pixeldino.labels import read_labels
-from pixeldino.polygonize import polygonize_scene
-from pixeldino.search import load_aoi
+from pixeldino.polygonize import PolygonizeParams, run_polygonize
+from pixeldino.quality import WaterParams
+from pixeldino.tiles import load_aoi
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
 
@@ -52,15 +53,23 @@ def score(polygons: gpd.GeoDataFrame, labels: gpd.GeoDataFrame, aoi, prob: Path)
     with rasterio.open(prob) as src:
         shape_, transform = (src.height, src.width), src.transform
     inside = rasterize([(aoi_local, 1)], out_shape=shape_, transform=transform, dtype="uint8") == 1
-    pred = rasterize([(g, 1) for g in polys.geometry], out_shape=shape_, transform=transform, dtype="uint8") == 1 \
-        if len(polys) else np.zeros(shape_, bool)
+    pred = (
+        rasterize([(g, 1) for g in polys.geometry], out_shape=shape_, transform=transform, dtype="uint8") == 1
+        if len(polys)
+        else np.zeros(shape_, bool)
+    )
     truth = rasterize([(g, 1) for g in labs.geometry], out_shape=shape_, transform=transform, dtype="uint8") == 1
     tp = int((pred & truth & inside).sum())
     union = int(((pred | truth) & inside).sum())
     false_pos = int(sum(not labs.intersects(g).any() for g in polys.geometry))
     hit = int(sum(polys.intersects(g).any() for g in labs.geometry))
-    return {"polygons": len(polys), "false_positive_polygons": false_pos, "labels": len(labs), "labels_hit": hit,
-            "pixel_iou": round(tp / union, 4) if union else None}
+    return {
+        "polygons": len(polys),
+        "false_positive_polygons": false_pos,
+        "labels": len(labs),
+        "labels_hit": hit,
+        "pixel_iou": round(tp / union, 4) if union else None,
+    }
 
 
 def main() -> None:
@@ -76,13 +85,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         water = Path(tmp) / "water.gpkg"
         share = water_layer(args.run / "scenes" / f"{scene_id}.tif", water, args.ndwi)
-        for name, kwargs in (("no water layer", {}),
-                             ("water layer, flag", {"permanent_water": water}),
-                             ("water layer, drop", {"permanent_water": water, "water_action": "drop"})):
-            gdf = polygonize_scene(prob, Path(tmp) / "p.gpkg", min_area_m2=500, **kwargs)
+        for name, policy in (
+            ("no water layer", WaterParams()),
+            ("water layer, flag", WaterParams(file=str(water))),
+            ("water layer, drop", WaterParams(file=str(water), action="drop")),
+        ):
+            gdf = run_polygonize(PolygonizeParams(min_area_m2=500), prob, Path(tmp) / "p.gpkg", water=policy)
             flagged = int(gdf["in_permanent_water"].sum())
-            print(json.dumps({"variant": name, "water_share_of_chip": round(share, 3), "flagged": flagged,
-                              **score(gdf, labels, aoi, prob)}))
+            print(
+                json.dumps(
+                    {
+                        "variant": name,
+                        "water_share_of_chip": round(share, 3),
+                        "flagged": flagged,
+                        **score(gdf, labels, aoi, prob),
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

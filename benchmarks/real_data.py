@@ -5,9 +5,9 @@ Uses the demo data (``resources/demo``, two real Sentinel-2 L1C chips of 251 x 2
 
 1. stack each demo STAC item's single-band COGs (B02..B08) into one scene GeoTIFF with named bands (what
    ``pixeldino fetch`` writes for this catalog: L1C processing baseline 03.00, no harmonisation offset);
-2. ``make_chips`` (Peel consensus labels inside the Peel study area, the west 64 px hold-out strip as
+2. ``run_chip`` (Peel consensus labels inside the Peel study area, the west 64 px hold-out strip as
    validation chips, Bykovsky as unlabelled chips);
-3. ``train_from_store`` per mode and seed;
+3. ``run_train`` per mode and seed;
 4. ``predict_scene`` on both whole scenes and ``evaluate_site`` on the Peel hold-out strip and on Bykovsky
    (labels: the Bykovsky expert consensus, never used in training), at the threshold calibrated on the Peel
    hold-out chips and at p = 0.5.
@@ -38,11 +38,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pixeldino.chip import make_chips  # noqa: E402
+from pixeldino.chip import ChipParams, run_chip  # noqa: E402
 from pixeldino.evaluate import evaluate_site  # noqa: E402
-from pixeldino.pipeline import train_config_from  # noqa: E402
-from pixeldino.predict import predict_scene  # noqa: E402
-from pixeldino.train import train_from_store  # noqa: E402
+from pixeldino.params import from_config  # noqa: E402
+from pixeldino.predict import PredictParams, predict_scene  # noqa: E402
+from pixeldino.train import TrainConfig, TrainOutputs, run_train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domain_shift import MODE_CONFIG  # noqa: E402  (benchmark mode -> TrainConfig mode and overrides)
@@ -106,23 +106,29 @@ def summarise(path: Path) -> str:
         cells = [fmt([r[f"{site}_{k}"]["iou"] for r in rs]) for site in ("Peel_holdout", "Bykovsky")
                  for k in ("calibrated", "p0.5")]  # fmt: skip
         lines.append(f"| {tag} | {mode} | {len(rs)} | {thr} | " + " | ".join(cells) + " |")
-    lines.append(f"| experts (mean IoU vs consensus of the others) | | | | {100 * EXPERT_AGREEMENT['Peel_holdout']:.0f} "
-                 f"(whole Peel site) | | {100 * EXPERT_AGREEMENT['Bykovsky']:.0f} | |")  # fmt: skip
+    lines.append(
+        f"| experts (mean IoU vs consensus of the others) | | | | {100 * EXPERT_AGREEMENT['Peel_holdout']:.0f} "
+        f"(whole Peel site) | | {100 * EXPERT_AGREEMENT['Bykovsky']:.0f} | |"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     modes = [m for m in MODE_CONFIG if m != "oracle"]  # no target labels to give an oracle here
-    p.add_argument("--modes", nargs="+", default=["supervised", "supervised+aug", "pixeldino-beta0", "pixeldino"],
-                   choices=modes)
+    p.add_argument(
+        "--modes", nargs="+", default=["supervised", "supervised+aug", "pixeldino-beta0", "pixeldino"], choices=modes
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--train-json", default=None, help="JSON overrides of any train field (ablations)")
     p.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="main")
-    p.add_argument("--strong-augment", default=None,
-                   help="JSON overrides of StrongAugmentConfig (ablation), e.g. '{\"brightness\": 0.1}'")
+    p.add_argument(
+        "--strong-augment",
+        default=None,
+        help="JSON overrides of StrongAugmentConfig (ablation), e.g. '{\"brightness\": 0.1}'",
+    )
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "out" / "real_data"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "real_data.jsonl"))
     p.add_argument("--report", action="store_true", help="print the table of --out and exit")
@@ -137,17 +143,24 @@ def main(argv: list[str] | None = None) -> None:
     scenes = {site: stack_item(item, bands, work / "scenes" / f"{item}.tif") for site, item in ITEMS.items()}
     chips_cfg = cfg["chips"]
     store = work / "chips.zarr"
-    stats = make_chips(
-        scenes=[scenes["peel"]], bands=bands, out_path=store, labels=ROOT / cfg["labels"]["file"],
-        label_footprint=ROOT / cfg["labels"]["footprint"], holdout=ROOT / cfg["labels"]["holdout"],
-        unlabelled_scenes=[scenes["bykovsky"]], chip_size=chips_cfg["size"], n_labelled=chips_cfg["n_labelled"],
-        n_unlabelled=chips_cfg["n_unlabelled"], positive_fraction=chips_cfg["positive_fraction"],
-        seed=chips_cfg["seed"], stats_path=work / "chips_stats.json",
+    stats = run_chip(
+        ChipParams(**{k: v for k, v in chips_cfg.items() if k != "unlabelled_tiles"}),
+        scenes=[scenes["peel"]], bands=bands, out=store, labels=ROOT / cfg["labels"]["file"],
+        footprint=ROOT / cfg["labels"]["footprint"], holdout=ROOT / cfg["labels"]["holdout"],
+        unlabelled_scenes=[scenes["bykovsky"]], stats_out=work / "chips_stats.json",
     )  # fmt: skip
     print("chips:", json.dumps(stats["counts"]), flush=True)
     sites = {
-        "Peel_holdout": (scenes["peel"], DEMO / "labels" / "peel_consensus.gpkg", DEMO / "aoi" / "peel_holdout.geojson"),
-        "Bykovsky": (scenes["bykovsky"], DEMO / "labels" / "bykovsky_consensus.gpkg", DEMO / "aoi" / "bykovsky.geojson"),
+        "Peel_holdout": (
+            scenes["peel"],
+            DEMO / "labels" / "peel_consensus.gpkg",
+            DEMO / "aoi" / "peel_holdout.geojson",
+        ),
+        "Bykovsky": (
+            scenes["bykovsky"],
+            DEMO / "labels" / "bykovsky_consensus.gpkg",
+            DEMO / "aoi" / "bykovsky.geojson",
+        ),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,22 +171,30 @@ def main(argv: list[str] | None = None) -> None:
             if args.strong_augment:
                 train_cfg["augment"] = json.loads(args.strong_augment)
             train_cfg.update(json.loads(args.train_json) if args.train_json else {})
-            config = train_config_from(train_cfg, cfg["normalisation"], threads=args.threads)
+            config = from_config(TrainConfig, train_cfg, num_threads=args.threads)
             run_dir = work / f"{args.tag}-{mode.replace('+', '_')}-s{seed}"
             t0 = time.perf_counter()
-            metrics = train_from_store(store, run_dir, config, bands=bands, resume=False, progress=False)
+            outputs = TrainOutputs.in_dir(run_dir)
+            metrics = run_train(config, store, outputs, bands=bands, resume=False, progress=False)
             seconds = time.perf_counter() - t0
-            result: dict[str, Any] = {"tag": args.tag, "strong_augment": args.strong_augment, "mode": mode, "seed": seed, "threshold": metrics["threshold"],
-                                      "val_iou": (metrics["val"] or {}).get("iou"), "exported": metrics["exported"],
-                                      "val_ious": _val_curve(run_dir / "training_log.csv"),
-                                      "train_seconds": round(seconds, 1)}  # fmt: skip
+            result: dict[str, Any] = {
+                "tag": args.tag, "strong_augment": args.strong_augment, "mode": mode, "seed": seed,
+                "threshold": metrics["threshold"], "val_iou": (metrics["val"] or {}).get("iou"),
+                "exported": metrics["exported"], "val_ious": _val_curve(outputs.log_csv),
+                "train_seconds": round(seconds, 1),
+            }  # fmt: skip
             for site, (scene, labels, aoi) in sites.items():
                 prob = run_dir / f"{site}_probability.tif"
-                predict_scene(scene, run_dir / "model.safetensors", prob, device="cpu", num_threads=args.threads,
-                              overlap=cfg["predict"]["overlap"], batch_size=cfg["predict"]["batch_size"])  # fmt: skip
+                predict_params = PredictParams(
+                    device="cpu", num_threads=args.threads, overlap=cfg["predict"]["overlap"],
+                    batch_size=cfg["predict"]["batch_size"],
+                )  # fmt: skip
+                predict_scene(predict_params, scene, outputs.model, prob)
                 for name, thr in (("calibrated", None), ("p0.5", 0.5)):
                     r = evaluate_site(prob, labels, aoi_path=aoi, threshold=thr, site=site)
-                    result[f"{site}_{name}"] = {k: r["pixel"][k] for k in ("iou", "precision", "recall", "tp", "fp", "fn")}
+                    result[f"{site}_{name}"] = {
+                        k: r["pixel"][k] for k in ("iou", "precision", "recall", "tp", "fp", "fn")
+                    }
                     result[f"{site}_{name}"]["threshold"] = r["threshold"]
             result["chips"] = stats["counts"]
             result["config"] = {k: train_cfg[k] for k in sorted(train_cfg)}

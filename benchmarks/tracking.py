@@ -66,7 +66,9 @@ def synthetic_years(n: int, n_years: int, seed: int = 0) -> dict[int, gpd.GeoDat
             cx = shapely.get_x(c)
             left = shapely.box(cx - 1e4, -1e7, cx - 5, 1e7)
             right = shapely.box(cx + 5, -1e7, cx + 1e4, 1e7)
-            pieces = np.concatenate([shapely.intersection(geoms[split], left), shapely.intersection(geoms[split], right)])
+            pieces = np.concatenate(
+                [shapely.intersection(geoms[split], left), shapely.intersection(geoms[split], right)]
+            )
             geoms = np.concatenate([geoms[~split], pieces])
         gdf = gpd.GeoDataFrame({"rts_id": [f"R{year}_{i}" for i in range(len(geoms))]}, geometry=geoms, crs=3413)
         gdf["area_m2"] = ground_area_m2(gdf.geometry)
@@ -85,17 +87,28 @@ def main() -> None:
     tracks, layers, links = track_slumps(years)
     t2 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        write_layers(Path(tmp) / "rts_change.gpkg", {**{year_layer(y): layers[y] for y in layers}, "rts_tracks": tracks})
+        write_layers(
+            Path(tmp) / "rts_change.gpkg", {**{year_layer(y): layers[y] for y in layers}, "rts_tracks": tracks}
+        )
         tracks.to_parquet(Path(tmp) / "rts_tracks.parquet")
     t3 = time.perf_counter()
-    print(json.dumps({
-        "slumps_first_year": args.slumps, "years": args.years,
-        "polygons": int(sum(len(v) for v in years.values())), "tracks": len(tracks), "links": len(links),
-        "status": tracks["status"].value_counts().to_dict(),
-        "splits": int(tracks["events"].notna().sum()),
-        "make_data_s": round(t1 - t0, 1), "track_s": round(t2 - t1, 1), "write_s": round(t3 - t2, 1),
-        "cores": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "slumps_first_year": args.slumps,
+                "years": args.years,
+                "polygons": int(sum(len(v) for v in years.values())),
+                "tracks": len(tracks),
+                "links": len(links),
+                "status": tracks["status"].value_counts().to_dict(),
+                "splits": int(tracks["events"].notna().sum()),
+                "make_data_s": round(t1 - t0, 1),
+                "track_s": round(t2 - t1, 1),
+                "write_s": round(t3 - t2, 1),
+                "cores": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pixeldino.augment import encode_label, strong_augment, weak_augment  # noqa: E402
-from pixeldino.train import SEMI_MODES, Trainer, TrainConfig, _masks_to_device  # noqa: E402
+from pixeldino.train import SEMI_MODES, TrainConfig, Trainer, TrainingChips, TrainOutputs, masks_to_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
         amp=not args.no_amp, compile=args.compile,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(
-            labelled_images=labelled, labelled_masks=masks, unlabelled_images=unlabelled, val_images=None,
-            val_masks=None, bands=[f"b{i}" for i in range(c)], out_dir=Path(tmp), config=config, progress=False,
+        chips = TrainingChips(
+            bands=[f"b{i}" for i in range(c)], labelled_images=labelled, labelled_masks=masks,
+            unlabelled_images=unlabelled,
         )  # fmt: skip
+        trainer = Trainer(chips, config, TrainOutputs.in_dir(tmp), progress=False)
     dev = trainer.device
     step_s = _median_time(trainer.train_step, args.steps, args.warmup, dev)
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def data_path() -> None:
         idx = trainer.sampler_l.next(args.batch_labelled)
-        x, y = trainer.labelled.batch(idx), _masks_to_device(masks, idx, dev)
+        x, y = trainer.labelled.batch(idx), masks_to_device(masks, idx, dev)
         if args.mode != "supervised":
             x, y = weak_augment(x, y, generator=g)
             strong_augment(x, encode_label(y), g, trainer.aug_config, trainer.value_range)

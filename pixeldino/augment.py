@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 
-#: Mask value for "unknown / do not train on this pixel" in hard labels.
-IGNORE = 255
+from pixeldino.labels import IGNORE
+
 #: A warped ones-channel below ``1 - VALID_EPS`` means the bilinear footprint touched the outside of the chip.
 VALID_EPS = 1e-3
+
+
+def _pair(bounds: dict[str, float]) -> dict[str, object]:
+    """Config-schema keywords of a ``(low, high)`` range field whose values obey ``bounds``."""
+    return {"items": bounds, "minItems": 2, "maxItems": 2}
 
 
 @dataclass(frozen=True)
@@ -54,18 +59,18 @@ class StrongAugmentConfig:
         band_gamma: per-band gamma drawn log-uniformly from this range (``(1, 1)``: off).
     """
 
-    max_rotation_deg: float = 30.0
-    zoom_range: tuple[float, float] = (1.0, 2.0)
-    elastic_spacing: int = 16
-    elastic_strength: float = 2.0
-    gamma_range: tuple[float, float] = (0.75, 1.33)
-    brightness: float = 0.5
-    contrast: float = 0.5
-    blur_sigma_max: float = 2.0
-    blur_p: float = 0.5
-    band_gain: float = 0.0
-    band_offset: float = 0.0
-    band_gamma: tuple[float, float] = (1.0, 1.0)
+    max_rotation_deg: float = field(default=30.0, metadata={"minimum": 0, "maximum": 180})
+    zoom_range: tuple[float, float] = field(default=(1.0, 2.0), metadata=_pair({"minimum": 1}))
+    elastic_spacing: int = field(default=16, metadata={"minimum": 2})
+    elastic_strength: float = field(default=2.0, metadata={"minimum": 0})
+    gamma_range: tuple[float, float] = field(default=(0.75, 1.33), metadata=_pair({"exclusiveMinimum": 0}))
+    brightness: float = field(default=0.5, metadata={"minimum": 0, "maximum": 1})
+    contrast: float = field(default=0.5, metadata={"minimum": 0, "maximum": 1})
+    blur_sigma_max: float = field(default=2.0, metadata={"minimum": 0})
+    blur_p: float = field(default=0.5, metadata={"minimum": 0, "maximum": 1})
+    band_gain: float = field(default=0.0, metadata={"minimum": 0, "maximum": 1})
+    band_offset: float = field(default=0.0, metadata={"minimum": 0, "maximum": 1})
+    band_gamma: tuple[float, float] = field(default=(1.0, 1.0), metadata=_pair({"exclusiveMinimum": 0}))
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -114,9 +119,7 @@ def apply_d4(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return out.squeeze(1) if squeeze else out
 
 
-def weak_augment(
-    x: torch.Tensor, *others: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, ...]:
+def weak_augment(x: torch.Tensor, *others: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Apply the same random D4 element per sample to ``x`` and to every tensor in ``others``.
 
     Returns:
@@ -229,7 +232,8 @@ def strong_geometric(
 
 
 def encode_label(mask: torch.Tensor) -> torch.Tensor:
-    """Hard label ``(B, H, W)`` with 0 / 1 / :data:`IGNORE` -> float channels ``(B, 2, H, W)``: is_rts, is_known."""
+    """Hard label ``(B, H, W)`` with 0 / 1 / :data:`pixeldino.labels.IGNORE` -> float channels ``(B, 2, H, W)``:
+    is_rts, is_known."""
     return torch.stack([(mask == 1), (mask != IGNORE)], dim=1).float()
 
 
@@ -383,7 +387,6 @@ def strong_augment(
 
 
 __all__: Sequence[str] = [
-    "IGNORE",
     "GeometricParams",
     "StrongAugmentConfig",
     "WarpResult",

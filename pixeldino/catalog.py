@@ -39,7 +39,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
 from pixeldino import __version__
-from pixeldino.errors import InputError
+from pixeldino.errors import InputError, first_line
 from pixeldino.io import atomic_output, read_json
 from pixeldino.quality import CLASS_NAMES
 
@@ -53,8 +53,24 @@ MEDIA = {
     "parquet": "application/vnd.apache.parquet",
     "png": pystac.MediaType.PNG,
 }
-_DATA_TYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
-               "float64", "cint16", "cint32", "cfloat32", "cfloat64", "other"}
+_DATA_TYPES = {
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "cint16",
+    "cint32",
+    "cfloat32",
+    "cfloat64",
+    "other",
+}
 
 
 def _raster_info(path: Path) -> dict[str, Any]:
@@ -62,10 +78,17 @@ def _raster_info(path: Path) -> dict[str, Any]:
         with rasterio.open(path) as src:
             if src.crs is None:
                 raise InputError(f"{path}: raster has no CRS; re-create it with pixeldino")
-            return {"crs": src.crs, "shape": [src.height, src.width], "transform": list(src.transform)[:6],
-                    "bounds": list(src.bounds), "nodata": src.nodata, "dtype": src.dtypes[0],
-                    "scale": src.scales[0] if src.scales else 1.0, "tags": src.tags(),
-                    "desc": src.descriptions[0]}
+            return {
+                "crs": src.crs,
+                "shape": [src.height, src.width],
+                "transform": list(src.transform)[:6],
+                "bounds": list(src.bounds),
+                "nodata": src.nodata,
+                "dtype": src.dtypes[0],
+                "scale": src.scales[0] if src.scales else 1.0,
+                "tags": src.tags(),
+                "desc": src.descriptions[0],
+            }
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"{path}: cannot read ({exc}); re-run the stage that wrote it") from None
 
@@ -99,8 +122,13 @@ def _processing(item: pystac.Item, lineage: str, **props: Any) -> None:
     item.properties.update({f"pixeldino:{k}": v for k, v in props.items() if v is not None})
 
 
-def scene_item(sidecar: str | os.PathLike[str], prob: str | os.PathLike[str], pseudo: str | os.PathLike[str] | None,
-               polygons: str | os.PathLike[str] | None, mask: str | os.PathLike[str] | None = None) -> pystac.Item:
+def scene_item(
+    sidecar: str | os.PathLike[str],
+    prob: str | os.PathLike[str],
+    pseudo: str | os.PathLike[str] | None,
+    polygons: str | os.PathLike[str] | None,
+    mask: str | os.PathLike[str] | None = None,
+) -> pystac.Item:
     """The STAC item of one scene's outputs (assets with absolute hrefs; made relative when saved)."""
     meta = read_json(sidecar)
     prob_path = Path(prob)
@@ -109,60 +137,124 @@ def scene_item(sidecar: str | os.PathLike[str], prob: str | os.PathLike[str], ps
     footprint = box(*bounds4326)
     item = pystac.Item(
         id=str(meta.get("scene_id") or prob_path.stem.removesuffix("_prob")),
-        geometry=mapping(footprint), bbox=list(bounds4326), datetime=_when(meta.get("datetime")),
+        geometry=mapping(footprint),
+        bbox=list(bounds4326),
+        datetime=_when(meta.get("datetime")),
         properties={},
         stac_extensions=list(EXTENSIONS),
     )
-    item.properties.update({
-        "proj:code": _proj_code(info["crs"]), "proj:shape": info["shape"], "proj:transform": info["transform"],
-        "proj:bbox": info["bounds"], "gsd": float(abs(info["transform"][0])),
-    })
+    item.properties.update(
+        {
+            "proj:code": _proj_code(info["crs"]),
+            "proj:shape": info["shape"],
+            "proj:transform": info["transform"],
+            "proj:bbox": info["bounds"],
+            "gsd": float(abs(info["transform"][0])),
+        }
+    )
     if meta.get("tile"):
         item.properties["grid:code"] = f"MGRS-{meta['tile']}"
     tags = info["tags"]
     _processing(
-        item, "pixeldino fetch, predict, polygonize",
-        model=tags.get("MODEL"), threshold=float(tags["THRESHOLD"]) if tags.get("THRESHOLD") else None,
-        input_items=[meta.get("stac_id") or meta.get("scene_id")], source_collection=meta.get("collection"),
-        source_provider=meta.get("provider"), tile=meta.get("tile"),
+        item,
+        "pixeldino fetch, predict, polygonize",
+        model=tags.get("MODEL"),
+        threshold=float(tags["THRESHOLD"]) if tags.get("THRESHOLD") else None,
+        input_items=[meta.get("stac_id") or meta.get("scene_id")],
+        source_collection=meta.get("collection"),
+        source_provider=meta.get("provider"),
+        tile=meta.get("tile"),
     )
-    item.add_asset("probability", pystac.Asset(
-        str(prob_path.resolve()), title="RTS probability (p x 254, nodata 255)", media_type=MEDIA["cog"],
-        roles=["data"], extra_fields={"raster:bands": [_band(info, unit="1", name="rts_probability")]}))
+    item.add_asset(
+        "probability",
+        pystac.Asset(
+            str(prob_path.resolve()),
+            title="RTS probability (p x 254, nodata 255)",
+            media_type=MEDIA["cog"],
+            roles=["data"],
+            extra_fields={"raster:bands": [_band(info, unit="1", name="rts_probability")]},
+        ),
+    )
     if pseudo:
         pinfo = _raster_info(Path(pseudo))
-        item.add_asset("pseudo_classes", pystac.Asset(
-            str(Path(pseudo).resolve()), title="pseudo-class QA map (fixed palette)", media_type=MEDIA["cog"],
-            roles=["data", "quality"], extra_fields={"raster:bands": [_band(pinfo, name="pseudo_class")]}))
+        item.add_asset(
+            "pseudo_classes",
+            pystac.Asset(
+                str(Path(pseudo).resolve()),
+                title="pseudo-class QA map (fixed palette)",
+                media_type=MEDIA["cog"],
+                roles=["data", "quality"],
+                extra_fields={"raster:bands": [_band(pinfo, name="pseudo_class")]},
+            ),
+        )
     if mask:
         minfo = _raster_info(Path(mask))
-        item.add_asset("quality_mask", pystac.Asset(
-            str(Path(mask).resolve()), title="quality mask from SCL: " + ", ".join(f"{v} {n}" for v, n in CLASS_NAMES.items()),
-            media_type=MEDIA["cog"], roles=["quality"], extra_fields={"raster:bands": [_band(minfo, name="quality")]}))
+        item.add_asset(
+            "quality_mask",
+            pystac.Asset(
+                str(Path(mask).resolve()),
+                title="quality mask from SCL: " + ", ".join(f"{v} {n}" for v, n in CLASS_NAMES.items()),
+                media_type=MEDIA["cog"],
+                roles=["quality"],
+                extra_fields={"raster:bands": [_band(minfo, name="quality")]},
+            ),
+        )
     if polygons:
-        item.add_asset("polygons", pystac.Asset(
-            str(Path(polygons).resolve()), title="RTS polygons (layer rts)", media_type=MEDIA["gpkg"], roles=["data"]))
+        item.add_asset(
+            "polygons",
+            pystac.Asset(
+                str(Path(polygons).resolve()),
+                title="RTS polygons (layer rts)",
+                media_type=MEDIA["gpkg"],
+                roles=["data"],
+            ),
+        )
     return item
 
 
-def _vector_item(item_id: str, title: str, assets: dict[str, tuple[Path, str, str]], scenes: list[pystac.Item],
-                 lineage: str) -> pystac.Item:
-    west = min(i.bbox[0] for i in scenes)
-    south = min(i.bbox[1] for i in scenes)
-    east = max(i.bbox[2] for i in scenes)
-    north = max(i.bbox[3] for i in scenes)
-    dates = sorted(i.datetime for i in scenes)
-    item = pystac.Item(item_id, mapping(box(west, south, east, north)), [west, south, east, north], None,
-                       {"title": title, "start_datetime": dates[0].isoformat(), "end_datetime": dates[-1].isoformat()},
-                       stac_extensions=[PROCESSING])
-    models = sorted({i.properties.get("pixeldino:model") for i in scenes} - {None})
-    thresholds = sorted({i.properties.get("pixeldino:threshold") for i in scenes} - {None})
-    _processing(item, lineage, model=models[0] if len(models) == 1 else models or None,
-                threshold=thresholds[0] if len(thresholds) == 1 else thresholds or None,
-                input_items=sorted({s for i in scenes for s in i.properties.get("pixeldino:input_items", [])}))
+def _extent(items: Sequence[pystac.Item]) -> tuple[list[float], list[dt.datetime]]:
+    """The bbox around the scene items and their sorted dates (scene items always have both)."""
+    boxes = [i.bbox for i in items if i.bbox is not None]
+    dates = sorted(i.datetime for i in items if i.datetime is not None)
+    if len(boxes) != len(items) or len(dates) != len(items):
+        raise InputError("a scene item without bbox or datetime; fetch the scene again with pixeldino")
+    bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    return bbox, dates
+
+
+def _vector_item(
+    item_id: str, title: str, assets: dict[str, tuple[Path, str, str]], scenes: list[pystac.Item], lineage: str
+) -> pystac.Item:
+    (west, south, east, north), dates = _extent(scenes)
+    item = pystac.Item(
+        item_id,
+        mapping(box(west, south, east, north)),
+        [west, south, east, north],
+        None,
+        {"title": title, "start_datetime": dates[0].isoformat(), "end_datetime": dates[-1].isoformat()},
+        stac_extensions=[PROCESSING],
+    )
+    models = sorted({i.properties["pixeldino:model"] for i in scenes if i.properties.get("pixeldino:model")})
+    thresholds = sorted(
+        {i.properties["pixeldino:threshold"] for i in scenes if i.properties.get("pixeldino:threshold") is not None}
+    )
+    _processing(
+        item,
+        lineage,
+        model=models[0] if len(models) == 1 else models or None,
+        threshold=thresholds[0] if len(thresholds) == 1 else thresholds or None,
+        input_items=sorted({s for i in scenes for s in i.properties.get("pixeldino:input_items", [])}),
+    )
     for key, (path, kind, asset_title) in assets.items():
-        item.add_asset(key, pystac.Asset(str(path.resolve()), title=asset_title, media_type=MEDIA[kind],
-                                         roles=["overview"] if kind == "png" else ["data"]))
+        item.add_asset(
+            key,
+            pystac.Asset(
+                str(path.resolve()),
+                title=asset_title,
+                media_type=MEDIA[kind],
+                roles=["overview"] if kind == "png" else ["data"],
+            ),
+        )
     return item
 
 
@@ -190,32 +282,37 @@ def build_catalog(
         change: ``{"gpkg", "tracks_parquet", "years_parquet", "change_png", "growth_png"}`` (any subset).
         description: collection description.
     """
-    from pixeldino.quality import find_quality_mask
+    from pixeldino.quality import quality_mask_of
 
     if not sidecars or len(sidecars) != len(probabilities):
-        raise InputError(f"{out_catalog}: need one sidecar per probability raster ({len(sidecars)} vs "
-                         f"{len(probabilities)}); pass them in the same order")
-    pseudo = list(pseudo) or [None] * len(sidecars)
-    polygons = list(polygons) or [None] * len(sidecars)
+        raise InputError(
+            f"{out_catalog}: need one sidecar per probability raster ({len(sidecars)} vs "
+            f"{len(probabilities)}); pass them in the same order"
+        )
+    pseudo_maps: list[str | os.PathLike[str] | None] = list(pseudo) or [None] * len(sidecars)
+    polygon_files: list[str | os.PathLike[str] | None] = list(polygons) or [None] * len(sidecars)
     items = []
-    for side, prob, pse, poly in zip(sidecars, probabilities, pseudo, polygons):
-        mask = find_quality_mask(Path(side).with_suffix(".tif"))
+    for side, prob, pse, poly in zip(sidecars, probabilities, pseudo_maps, polygon_files):
+        mask = quality_mask_of(side)
         items.append(scene_item(side, prob, pse, poly, mask))
-    dates = sorted(i.datetime for i in items)
-    bbox = [min(i.bbox[0] for i in items), min(i.bbox[1] for i in items),
-            max(i.bbox[2] for i in items), max(i.bbox[3] for i in items)]
+    bbox, dates = _extent(items)
     collection = pystac.Collection(
         id=f"pixeldino-{run}",
         title=f"pixeldino RTS maps: run {run}",
-        description=description or (
+        description=description
+        or (
             "Retrogressive thaw slump (RTS) probability, pseudo-class QA maps and polygons per Sentinel-2 scene, "
             "the merged map and, over several years, per-year maps and slump tracks, made with pixeldino "
-            f"{__version__}."),
+            f"{__version__}."
+        ),
         extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[dates[0], dates[-1]]])),
         license="other",
         keywords=["retrogressive thaw slumps", "permafrost", "Sentinel-2", "PixelDINO"],
-        providers=[pystac.Provider("pixeldino", roles=[pystac.ProviderRole.PROCESSOR],
-                                   url="https://github.com/pixeldino/pixeldino")],
+        providers=[
+            pystac.Provider(
+                "pixeldino", roles=[pystac.ProviderRole.PROCESSOR], url="https://github.com/pixeldino/pixeldino"
+            )
+        ],
     )
     collection.add_items(items)
     if merged:
@@ -224,16 +321,20 @@ def build_catalog(
             assets["parquet"] = (Path(merged["parquet"]), "parquet", "merged RTS map (GeoParquet)")
         collection.add_item(_vector_item("rts-merged", "merged RTS map", assets, items, "pixeldino merge"))
     if change:
-        kinds = {"gpkg": ("gpkg", "per-year maps rts_<year>, tracks rts_tracks, links rts_track_links"),
-                 "tracks_parquet": ("parquet", "RTS tracks (GeoParquet)"),
-                 "years_parquet": ("parquet", "per-year RTS maps in one table, column year (GeoParquet)"),
-                 "change_png": ("png", "change map: tracks by status"),
-                 "growth_png": ("png", "growth distribution")}
+        kinds = {
+            "gpkg": ("gpkg", "per-year maps rts_<year>, tracks rts_tracks, links rts_track_links"),
+            "tracks_parquet": ("parquet", "RTS tracks (GeoParquet)"),
+            "years_parquet": ("parquet", "per-year RTS maps in one table, column year (GeoParquet)"),
+            "change_png": ("png", "change map: tracks by status"),
+            "growth_png": ("png", "growth distribution"),
+        }
         assets = {k: (Path(v), *kinds[k]) for k, v in change.items() if v}
-        collection.add_item(_vector_item("rts-tracks", "RTS tracks and per-year maps", assets, items,
-                                         "pixeldino coregister, change"))
-    catalog = pystac.Catalog(id=f"pixeldino-{run}-catalog", title=f"pixeldino run {run}",
-                             description=f"Outputs of the pixeldino run {run}.")
+        collection.add_item(
+            _vector_item("rts-tracks", "RTS tracks and per-year maps", assets, items, "pixeldino coregister, change")
+        )
+    catalog = pystac.Catalog(
+        id=f"pixeldino-{run}-catalog", title=f"pixeldino run {run}", description=f"Outputs of the pixeldino run {run}."
+    )
     catalog.add_child(collection)
     out = Path(out_catalog)
     with atomic_output(out) as tmp:
@@ -247,8 +348,11 @@ def build_catalog(
 
 # ---------------------------------------------------------------- validation
 def _is_number_list(value: Any, lengths: tuple[int, ...]) -> bool:
-    return isinstance(value, list) and len(value) in lengths and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return (
+        isinstance(value, list)
+        and len(value) in lengths
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
 
 
 def check_extension_fields(obj: dict[str, Any]) -> list[str]:
@@ -259,8 +363,10 @@ def check_extension_fields(obj: dict[str, Any]) -> list[str]:
     for where, fields in sources:
         if "proj:code" in fields and not (fields["proj:code"] is None or isinstance(fields["proj:code"], str)):
             problems.append(f"{where}: proj:code must be a string or null")
-        if "proj:shape" in fields and not (_is_number_list(fields["proj:shape"], (2,))
-                                            and all(isinstance(v, int) and v >= 0 for v in fields["proj:shape"])):
+        if "proj:shape" in fields and not (
+            _is_number_list(fields["proj:shape"], (2,))
+            and all(isinstance(v, int) and v >= 0 for v in fields["proj:shape"])
+        ):
             problems.append(f"{where}: proj:shape must be two non-negative integers")
         if "proj:transform" in fields and not _is_number_list(fields["proj:transform"], (6, 9)):
             problems.append(f"{where}: proj:transform must be 6 or 9 numbers")
@@ -313,13 +419,20 @@ def validate_catalog(catalog_json: str | os.PathLike[str], schema_dir: str | os.
                 raise GetSchemaError(schema_uri, OSError("offline: schema not shipped"))
             return super()._get_schema(schema_uri)
 
-        def validate_extension(self, stac_dict: dict[str, Any], stac_object_type: Any,
-                               stac_version: str, extension_id: str, href: str | None = None) -> Any:
+        def validate_extension(
+            self,
+            stac_dict: dict[str, Any],
+            stac_object_type: Any,
+            stac_version: str,
+            extension_id: str,
+            href: str | None = None,
+        ) -> Any:
             if extension_id in self.schema_cache:
                 return super().validate_extension(stac_dict, stac_object_type, stac_version, extension_id, href)
             if extension_id not in EXTENSIONS:
-                raise InputError(f"{href}: extension {extension_id} has no offline check; give its schema in "
-                                 "schema_dir")
+                raise InputError(
+                    f"{href}: extension {extension_id} has no offline check; give its schema in schema_dir"
+                )
             problems = check_extension_fields(stac_dict)
             if problems:
                 raise InputError(f"{href}: {problems[0]} ({extension_id})")
@@ -337,7 +450,7 @@ def validate_catalog(catalog_json: str | os.PathLike[str], schema_dir: str | os.
         try:
             pystac.validation.validate_dict(data, href=str(path), validator=validator)
         except pystac.errors.STACValidationError as exc:
-            raise InputError(f"{path}: not valid STAC ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: not valid STAC ({first_line(exc)})") from None
         count += 1
     return count
 
@@ -346,4 +459,3 @@ def collection_summary(catalog_json: str | os.PathLike[str]) -> dict[str, Any]:
     """Item ids and asset keys of a catalog (for logs and the CLI)."""
     cat = pystac.Catalog.from_file(str(catalog_json))
     return {item.id: sorted(item.assets) for item in cat.get_items(recursive=True)}
-

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,12 @@ from pyproj import CRS
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pixeldino.coregister import DEFAULT_MAX_SHIFT_PX, scene_corrections
+from pixeldino.coregister import DEFAULT_BAND, DEFAULT_MAX_SHIFT_PX, scene_corrections
 from pixeldino.errors import ConfigError, InputError
 from pixeldino.io import atomic_output
 from pixeldino.merge import (
-    DEFAULT_GEOMETRY_RULE,
-    DEFAULT_MIN_OVERLAP,
     MERGED_SCHEMA,
+    MergeParams,
     merge_detections,
     overlapping_pairs,
     read_detections,
@@ -68,6 +68,30 @@ DEFAULT_STABLE_TOLERANCE = 0.1
 TRACKS_LAYER = "rts_tracks"
 LINKS_LAYER = "rts_track_links"
 STATUSES = ("new", "growing", "stable", "shrinking", "not seen")
+
+
+@dataclass
+class ChangeParams:
+    """Co-registration and slump tracking between years (config section ``change``; ``pixeldino change`` and
+    ``pixeldino coregister`` options). The within-year merge follows :class:`pixeldino.merge.MergeParams`.
+
+    Attributes:
+        min_overlap: slumps of two years are one track when they share this share of the smaller one.
+        stable_tolerance: relative area change between first and last year below which a track is stable.
+        max_shift_px: a co-registration shift above this (pixels) stops the change rule instead of being corrected.
+        coregistration_band: band for the phase correlation between years.
+    """
+
+    min_overlap: float = field(default=DEFAULT_TRACK_OVERLAP, metadata={"exclusiveMinimum": 0, "maximum": 1})
+    stable_tolerance: float = field(default=DEFAULT_STABLE_TOLERANCE, metadata={"minimum": 0})
+    max_shift_px: float = field(default=DEFAULT_MAX_SHIFT_PX, metadata={"exclusiveMinimum": 0})
+    coregistration_band: str = DEFAULT_BAND
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise ConfigError(f"change.min_overlap {self.min_overlap} must be in (0, 1]")
+        if self.stable_tolerance < 0 or self.max_shift_px <= 0:
+            raise ConfigError("change.stable_tolerance must be at least 0 and change.max_shift_px positive")
 
 
 def year_layer(year: int) -> str:
@@ -150,8 +174,17 @@ def track_slumps(
     status = np.where(last_year < order[-1], "not seen", status)
 
     # ---- events: splits and merges between consecutive years the track was seen in
-    links = pd.DataFrame({"i": i, "j": j, "track": label[i], "from_year": year[i], "to_year": year[j],
-                          "overlap_share": share, "iou": iou})
+    links = pd.DataFrame(
+        {
+            "i": i,
+            "j": j,
+            "track": label[i],
+            "from_year": year[i],
+            "to_year": year[j],
+            "overlap_share": share,
+            "iou": iou,
+        }
+    )
     present = per_year.reset_index()[["track", "year"]].sort_values(["track", "year"])
     present["next_year"] = present.groupby("track")["year"].shift(-1)
     links = links.merge(present.rename(columns={"year": "from_year"}), on=["track", "from_year"], how="left")
@@ -181,17 +214,24 @@ def track_slumps(
     track_id = np.empty(len(tracks_index), dtype=object)
     track_id[id_order] = ids.to_numpy()
 
-    table: dict[str, Any] = {"track_id": track_id, "status": status, "first_year": first_year,
-                             "last_year": last_year, "n_years": seen.sum(axis=1).to_numpy()}
+    table: dict[str, Any] = {
+        "track_id": track_id,
+        "status": status,
+        "first_year": first_year,
+        "last_year": last_year,
+        "n_years": seen.sum(axis=1).to_numpy(),
+    }
     for k, y in enumerate(order):
         table[f"area_{y}_m2"] = wide_np[:, k]
-    table.update({
-        "growth_m2_per_yr": growth,
-        "growth_rel": rel,
-        "n_polygons": np.array([len(members[t]) for t in tracks_index]),
-        "events": [", ".join(events.get(int(t), [])) or None for t in tracks_index],
-        "rts_ids": rts_ids,
-    })
+    table.update(
+        {
+            "growth_m2_per_yr": growth,
+            "growth_rel": rel,
+            "n_polygons": np.array([len(members[t]) for t in tracks_index]),
+            "events": [", ".join(events.get(int(t), [])) or None for t in tracks_index],
+            "rts_ids": rts_ids,
+        }
+    )
     tracks = gpd.GeoDataFrame(table, geometry=[as_multipolygon(g) for g in last_geoms], crs=crs)
     tracks = tracks.sort_values("track_id", kind="stable").reset_index(drop=True)
 
@@ -203,36 +243,43 @@ def track_slumps(
         layer["track_id"] = allp.loc[allp["year"] == y, "track_id"].to_numpy()
         out_years[y] = layer
     rts_id = allp["rts_id"].to_numpy()
-    link_table = pd.DataFrame({
-        "track_id": [id_of_label[t] for t in links["track"]],
-        "from_rts_id": rts_id[links["i"].to_numpy()], "to_rts_id": rts_id[links["j"].to_numpy()],
-        "from_year": links["from_year"].astype(int), "to_year": links["to_year"].astype(int),
-        "overlap_share": links["overlap_share"].round(4), "iou": links["iou"].round(4),
-        "consecutive": links["consecutive"].astype(bool),
-    }).sort_values(["track_id", "from_year", "from_rts_id", "to_rts_id"]).reset_index(drop=True)
+    link_table = (
+        pd.DataFrame(
+            {
+                "track_id": [id_of_label[t] for t in links["track"]],
+                "from_rts_id": rts_id[links["i"].to_numpy()],
+                "to_rts_id": rts_id[links["j"].to_numpy()],
+                "from_year": links["from_year"].astype(int),
+                "to_year": links["to_year"].astype(int),
+                "overlap_share": links["overlap_share"].round(4),
+                "iou": links["iou"].round(4),
+                "consecutive": links["consecutive"].astype(bool),
+            }
+        )
+        .sort_values(["track_id", "from_year", "from_rts_id", "to_rts_id"])
+        .reset_index(drop=True)
+    )
     return tracks, out_years, link_table
 
 
 def _scene_year(frame: gpd.GeoDataFrame, path: Path) -> int | None:
     dates = pd.to_datetime(frame["datetime"], utc=True, errors="coerce", format="ISO8601").dropna()
     if len(frame) and not len(dates):
-        raise InputError(f"{path}: polygons have no acquisition date (column 'datetime'); re-run polygonize on a "
-                         "prediction of a fetched scene")
+        raise InputError(
+            f"{path}: polygons have no acquisition date (column 'datetime'); re-run polygonize on a "
+            "prediction of a fetched scene"
+        )
     return int(dates.dt.year.iloc[0]) if len(dates) else None
 
 
-def change_map(
+def run_change(
+    params: ChangeParams,
+    merge: MergeParams,
     inputs: Sequence[str | os.PathLike[str]],
     out_gpkg: str | os.PathLike[str],
     *,
     years: Sequence[int] | None = None,
-    crs: str = "EPSG:3413",
     coregistration: Sequence[str | os.PathLike[str]] = (),
-    max_shift_px: float = DEFAULT_MAX_SHIFT_PX,
-    geometry: str = DEFAULT_GEOMETRY_RULE,
-    merge_overlap: float = DEFAULT_MIN_OVERLAP,
-    min_overlap: float = DEFAULT_TRACK_OVERLAP,
-    stable_tolerance: float = DEFAULT_STABLE_TOLERANCE,
     out_tracks_parquet: str | os.PathLike[str] | None = None,
     out_years_parquet: str | os.PathLike[str] | None = None,
     out_change_png: str | os.PathLike[str] | None = None,
@@ -241,16 +288,14 @@ def change_map(
     """Per-year RTS maps and slump tracks from per-scene polygons of several years.
 
     Args:
+        params: the tracking rule and the largest co-registration shift accepted.
+        merge: the within-year merge rule and the target CRS (:class:`pixeldino.merge.MergeParams`).
         inputs: per-scene GeoPackages (layer ``rts``) of all years.
         out_gpkg: GeoPackage with layers ``rts_<year>`` (each year's merged map, co-registered, with
             ``track_id``), ``rts_tracks`` and the attribute table ``rts_track_links``.
         years: the years to map (default: those found); a year without detections gets an empty layer.
-        crs: target CRS.
         coregistration: per-tile JSON sidecars from :func:`pixeldino.coregister.coregister_tile`; each scene's
             polygons are shifted by its ``correction_m`` before merging.
-        max_shift_px: a measured shift above this stops the run (see :func:`~pixeldino.coregister.scene_corrections`).
-        geometry, merge_overlap: the within-year merge rule (:func:`pixeldino.merge.merge_detections`).
-        min_overlap, stable_tolerance: the tracking rule (module docs).
         out_tracks_parquet: GeoParquet copy of ``rts_tracks``.
         out_years_parquet: GeoParquet of all year layers in one table (column ``year``).
         out_change_png, out_growth_png: a change map (tracks by status) and the growth distribution.
@@ -258,8 +303,8 @@ def change_map(
     Returns:
         The ``rts_tracks`` table.
     """
-    target = CRS.from_user_input(crs)
-    shifts = scene_corrections(coregistration, max_shift_px=max_shift_px)
+    target = CRS.from_user_input(merge.crs)
+    shifts = scene_corrections(coregistration, max_shift_px=params.max_shift_px)
     by_year: dict[int, list[gpd.GeoDataFrame]] = {int(y): [] for y in (years or [])}
     for path in inputs:
         frame = read_detections(path, target, shifts)
@@ -271,18 +316,25 @@ def change_map(
             continue
         by_year.setdefault(y, []).append(frame)
     if not by_year:
-        raise InputError(f"no detections and no years to map in {len(inputs)} polygon file(s); give search.years "
-                         "or polygons of dated scenes")
+        raise InputError(
+            f"no detections and no years to map in {len(inputs)} polygon file(s); give search.years "
+            "or polygons of dated scenes"
+        )
     layers: dict[int, gpd.GeoDataFrame] = {}
     for y in sorted(by_year):
         frames = [f for f in by_year[y] if len(f)]
-        detections = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=target) if frames else \
-            empty_frame(target, {"scene_id": "object"})
+        detections = (
+            gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=target)
+            if frames
+            else empty_frame(target, {"scene_id": "object"})
+        )
         if not frames:
             layers[y] = empty_frame(target, MERGED_SCHEMA)
             continue
-        layers[y], _ = merge_detections(detections, geometry=geometry, min_overlap=merge_overlap)
-    tracks, layers, links = track_slumps(layers, min_overlap=min_overlap, stable_tolerance=stable_tolerance)
+        layers[y], _ = merge_detections(detections, merge)
+    tracks, layers, links = track_slumps(
+        layers, min_overlap=params.min_overlap, stable_tolerance=params.stable_tolerance
+    )
     counts = tracks["status"].value_counts().to_dict()
     log.info("%d tracks over %s: %s", len(tracks), sorted(layers), counts)
 
@@ -291,14 +343,14 @@ def change_map(
         write_layers(tmp, {**{year_layer(y): layers[y] for y in sorted(layers)}, TRACKS_LAYER: tracks})
         import pyogrio
 
-        pyogrio.write_dataframe(links_gdf.drop(columns="geometry"), tmp, layer=LINKS_LAYER, driver="GPKG",
-                                append=True)
+        pyogrio.write_dataframe(links_gdf.drop(columns="geometry"), tmp, layer=LINKS_LAYER, driver="GPKG", append=True)
         if out_tracks_parquet is not None:
             with atomic_output(out_tracks_parquet) as tmp_parquet:
                 tracks.to_parquet(tmp_parquet)
         if out_years_parquet is not None:
             stacked = gpd.GeoDataFrame(
-                pd.concat([layers[y].assign(year=y) for y in sorted(layers)], ignore_index=True), crs=target)
+                pd.concat([layers[y].assign(year=y) for y in sorted(layers)], ignore_index=True), crs=target
+            )
             with atomic_output(out_years_parquet) as tmp_parquet:
                 stacked.to_parquet(tmp_parquet)
     if out_change_png is not None or out_growth_png is not None:
@@ -306,13 +358,21 @@ def change_map(
     return tracks
 
 
-STATUS_COLOURS = {"new": "#1b9e77", "growing": "#d95f02", "stable": "#7570b3", "shrinking": "#e7298a",
-                  "not seen": "#999999"}
+STATUS_COLOURS = {
+    "new": "#1b9e77",
+    "growing": "#d95f02",
+    "stable": "#7570b3",
+    "shrinking": "#e7298a",
+    "not seen": "#999999",
+}
 
 
 def plot_change(
-    tracks: gpd.GeoDataFrame, out_map: str | os.PathLike[str] | None, out_growth: str | os.PathLike[str] | None,
-    *, years: Sequence[int],
+    tracks: gpd.GeoDataFrame,
+    out_map: str | os.PathLike[str] | None,
+    out_growth: str | os.PathLike[str] | None,
+    *,
+    years: Sequence[int],
 ) -> None:
     """A change map (each track at its outline's point, coloured by status, sized by area) and a histogram of growth."""
     import matplotlib
@@ -329,8 +389,15 @@ def plot_change(
             sel = (tracks["status"] == status).to_numpy() if len(tracks) else np.zeros(0, bool)
             if sel.any():
                 xy = np.array([(p.x, p.y) for p in pts[sel]]) / 1000.0
-                ax.scatter(xy[:, 0], xy[:, 1], s=np.clip(np.sqrt(last_area[sel]) / 3, 4, 200),
-                           c=STATUS_COLOURS[status], label=f"{status} ({int(sel.sum())})", alpha=0.8, edgecolors="none")
+                ax.scatter(
+                    xy[:, 0],
+                    xy[:, 1],
+                    s=np.clip(np.sqrt(last_area[sel]) / 3, 4, 200),
+                    c=STATUS_COLOURS[status],
+                    label=f"{status} ({int(sel.sum())})",
+                    alpha=0.8,
+                    edgecolors="none",
+                )
         ax.set_xlabel(f"x (km, {tracks.crs.to_string() if tracks.crs else ''})")
         ax.set_ylabel("y (km)")
         ax.set_title(f"RTS tracks {span} by status ({len(tracks)} tracks)")

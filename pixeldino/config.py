@@ -1,6 +1,7 @@
 """Workflow configuration: JSON-Schema validation with defaults, and one-line errors.
 
-The schema lives in ``workflow/schemas/config.schema.yaml``; :func:`validate_config` fills in the schema defaults
+The schema is ``pixeldino/data/config.schema.yaml``, generated from the stage parameter dataclasses by
+:mod:`pixeldino.schema`; :func:`validate_config` fills in the schema defaults
 (recursively, so a partial config is complete afterwards) and turns the first violation into a
 :class:`~pixeldino.errors.ConfigError` such as ``config/config.yaml: train.steps: -5 is less than the minimum of 1``.
 It also checks that every input file the config names exists, so a typo fails before any job starts.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ from jsonschema import Draft202012Validator, validators
 
 from pixeldino.bands import canonical_bands
 from pixeldino.errors import ConfigError
+from pixeldino.schema import schema_path
 
-#: Schema shipped with the workflow (resolved relative to the source tree).
-DEFAULT_SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+#: The config schema shipped in the package (generated from the parameter dataclasses, see pixeldino.schema).
+DEFAULT_SCHEMA = schema_path()
 
 
-def _extend_with_defaults(validator_class: type) -> type:
+def _extend_with_defaults(validator_class: Any) -> Any:
     """A validator that writes ``default`` values into the instance while validating (jsonschema FAQ recipe)."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
@@ -66,19 +68,32 @@ def validate_config(
     schema_path: str | os.PathLike[str] = DEFAULT_SCHEMA,
     *,
     source: str = "config",
+    configfiles: Sequence[str | os.PathLike[str]] = (),
     check_files: bool = True,
 ) -> dict[str, Any]:
     """Validate ``config`` in place against the schema, fill in defaults, and return it.
+
+    This is the one computation of the effective config: the Snakefile and ``pixeldino config`` both call it.
 
     Args:
         config: the configuration mapping (e.g. Snakemake's ``config``); modified in place.
         schema_path: the JSON schema (YAML).
         source: name shown in error messages (usually the config file).
+        configfiles: the config files ``config`` was read from; a config without ``run`` is named after the last.
         check_files: also check that input files named in the config exist.
 
     Raises:
         ConfigError: on the first (most relevant) violation, as one line.
     """
+    if "run" not in config and configfiles:
+        config["run"] = Path(configfiles[-1]).stem
+    if "run" not in config:
+        raise ConfigError(f"{source}: run: no run name; set `run:` (outputs go to results/<run>/)")
+    if "normalisation" in config:
+        raise ConfigError(
+            f"{source}: normalisation: moved to train.normalisation (e.g. train: {{normalisation: "
+            "{method: zscore}}); move the section there"
+        )
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = _DefaultingValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
@@ -93,9 +108,25 @@ def validate_config(
         config["bands"] = canonical_bands(config["bands"])
     except ConfigError as exc:
         raise ConfigError(f"{source}: bands: {exc}") from None
+    check_consistency(config, source=source)
     if check_files:
         check_input_files(config, source=source)
     return config
+
+
+def check_consistency(config: dict[str, Any], *, source: str = "config") -> None:
+    """Settings that are each valid but do not work together, as one line."""
+    stac, search = config["stac"], config["search"]
+    if stac["provider"] in ("local", "custom") and not stac["catalog"] and not search["manifest"]:
+        raise ConfigError(
+            f"{source}: stac.catalog: provider {stac['provider']} needs a catalog (a local "
+            "catalog.json or a STAC API URL), or use a preset provider such as earth-search"
+        )
+    if search["aoi"] is None and not search["tiles"] and not search["manifest"]:
+        raise ConfigError(
+            f"{source}: search: give search.aoi (a vector file, a [W, S, E, N] bbox or 'circumpolar'), "
+            "search.tiles or a pre-made search.manifest"
+        )
 
 
 def _is_url(path: str) -> bool:
@@ -105,7 +136,7 @@ def _is_url(path: str) -> bool:
 def check_input_files(config: dict[str, Any], *, source: str = "config") -> None:
     """Fail early, with the config key in the message, when a named input file does not exist."""
     aoi = config["search"]["aoi"]  # a file, or a bbox list, or the keyword "circumpolar"
-    catalog = config["stac"]["catalog"] if config["stac"].get("provider", "local") in ("local", "custom") else None
+    catalog = config["stac"]["catalog"] if config["stac"]["provider"] in ("local", "custom", None) else None
     named: list[tuple[str, str | None]] = [
         ("stac.catalog", catalog),
         ("search.aoi", aoi if isinstance(aoi, str) and aoi != "circumpolar" else None),
@@ -127,6 +158,21 @@ def check_input_files(config: dict[str, Any], *, source: str = "config") -> None
         raise ConfigError(f"{source}: labels.file is null and no train.model is given; training needs labels")
 
 
-def load_config(path: str | os.PathLike[str], schema_path: str | os.PathLike[str] = DEFAULT_SCHEMA) -> dict[str, Any]:
-    """Load a YAML config file and validate it (defaults filled in)."""
-    return validate_config(load_yaml(path), schema_path, source=str(path))
+def merge_configs(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Update ``base`` with ``overlay`` recursively, as Snakemake does for several ``--configfile``s."""
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge_configs(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load_config(
+    *paths: str | os.PathLike[str], schema_path: str | os.PathLike[str] = DEFAULT_SCHEMA, check_files: bool = True
+) -> dict[str, Any]:
+    """Load one or more YAML config files (later ones overlay earlier ones) and validate them (defaults filled in)."""
+    config: dict[str, Any] = {}
+    for path in paths:
+        merge_configs(config, load_yaml(path))
+    return validate_config(config, schema_path, source=str(paths[-1]), configfiles=paths, check_files=check_files)

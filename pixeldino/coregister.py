@@ -4,7 +4,7 @@ Sentinel-2 scenes of one MGRS tile share a pixel grid, but the ground is not alw
 the Global Reference Image (2021) multi-temporal misregistration reached a pixel, and a slump outline moved by a
 pixel reads as several hundred m2 of "growth". So, per tile, every scene is compared with a reference scene (the
 clearest of the earliest year) and the shift is measured, recorded in a per-tile JSON sidecar, and removed from
-the polygons before tracking (:func:`pixeldino.change.change_map`), or the tracking refuses a shift above
+the polygons before tracking (:func:`pixeldino.change.run_change`), or the tracking refuses a shift above
 ``max_shift_px``.
 
 Method: phase correlation on one stable band (``B08`` by default: 10 m native, strong terrain texture, little
@@ -37,7 +37,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from pixeldino import __version__
-from pixeldino.bands import canonical_band
+from pixeldino.bands import band_indexes, canonical_band
 from pixeldino.errors import InputError
 from pixeldino.io import read_json, write_json
 from pixeldino.quality import CLEAR, find_quality_mask
@@ -74,8 +74,9 @@ def _prepare(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return values * window
 
 
-def phase_shift(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray | None = None,
-                upsample: int = UPSAMPLE) -> tuple[float, float, float]:
+def phase_shift(
+    reference: np.ndarray, moving: np.ndarray, valid: np.ndarray | None = None, upsample: int = UPSAMPLE
+) -> tuple[float, float, float]:
     """Where ``moving``'s content lies relative to ``reference`` (``dy, dx`` in pixels) and the peak height.
 
     Args:
@@ -109,19 +110,6 @@ def phase_shift(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray | N
     return float(-shifts[0]), float(-shifts[1]), peak
 
 
-def _band_index(src: rasterio.io.DatasetReader, band: str, path: Path) -> int:
-    want = canonical_band(band)
-    for i, desc in enumerate(src.descriptions, start=1):
-        if desc:
-            try:
-                if canonical_band(desc) == want:
-                    return i
-            except Exception:  # a description that is no band name
-                continue
-    raise InputError(f"{path}: has no band {want} for co-registration (bands: {src.descriptions}); "
-                     "set change.coregistration_band to one of them")
-
-
 def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:
     if height <= block and width <= block:
         return [(0, 0, height, width)]
@@ -139,8 +127,12 @@ def _clear(path: Path, window: Window, shape: tuple[int, int]) -> np.ndarray:
 
 
 def measure_scene_shift(
-    reference: str | os.PathLike[str], scene: str | os.PathLike[str], *, band: str = DEFAULT_BAND,
-    block: int = BLOCK, max_blocks: int = MAX_BLOCKS,
+    reference: str | os.PathLike[str],
+    scene: str | os.PathLike[str],
+    *,
+    band: str = DEFAULT_BAND,
+    block: int = BLOCK,
+    max_blocks: int = MAX_BLOCKS,
 ) -> dict[str, Any]:
     """Shift of ``scene`` against ``reference`` (same tile, same CRS and pixel size).
 
@@ -155,11 +147,14 @@ def measure_scene_shift(
     try:
         with rasterio.open(ref_path) as ref, rasterio.open(mov_path) as mov:
             if ref.crs != mov.crs or not np.allclose(ref.res, mov.res):
-                raise InputError(f"{mov_path}: CRS/pixel size differ from {ref_path}; co-registration needs scenes "
-                                 "of one tile fetched at one resolution")
+                raise InputError(
+                    f"{mov_path}: CRS/pixel size differ from {ref_path}; co-registration needs scenes "
+                    "of one tile fetched at one resolution"
+                )
             # the two grids as integer offsets (same tile: same grid, possibly cut to different windows)
-            off = (np.array([ref.transform.c - mov.transform.c, mov.transform.f - ref.transform.f])
-                   / np.array([ref.res[0], ref.res[1]]))
+            off = np.array([ref.transform.c - mov.transform.c, mov.transform.f - ref.transform.f]) / np.array(
+                [ref.res[0], ref.res[1]]
+            )
             if not np.allclose(off, np.round(off), atol=1e-6):
                 raise InputError(f"{mov_path}: pixel grid is not aligned with {ref_path}; fetch both on the tile grid")
             col_off, row_off = (int(v) for v in np.round(off))  # reference pixel (0, 0) in moving's pixels
@@ -168,7 +163,9 @@ def measure_scene_shift(
             c1 = min(ref.width, mov.width - col_off)
             if r1 - r0 < 32 or c1 - c0 < 32:
                 raise InputError(f"{mov_path}: overlaps {ref_path} by less than 32 x 32 px; cannot co-register")
-            bi_ref, bi_mov = _band_index(ref, band, ref_path), _band_index(mov, band, mov_path)
+            fix = "set change.coregistration_band to a band both scenes have"
+            (bi_ref,) = band_indexes(ref.descriptions, [band], path=ref_path, fix_hint=fix)
+            (bi_mov,) = band_indexes(mov.descriptions, [band], path=mov_path, fix_hint=fix)
             candidates = []
             for br, bc, bh, bw in _blocks(r1 - r0, c1 - c0, block):
                 win_ref = Window(c0 + bc, r0 + br, bw, bh)
@@ -182,15 +179,30 @@ def measure_scene_shift(
     used = [c for c in candidates[:max_blocks] if c[0] >= MIN_CLEAR_SHARE]
     res = float(abs(ref.res[0]))
     if not used:
-        return {"dx_px": 0.0, "dy_px": 0.0, "dx_m": 0.0, "dy_m": 0.0, "correction_m": [0.0, 0.0], "peak": None,
-                "n_blocks": 0, "status": "unreliable",
-                "note": f"fewer than {MIN_CLEAR_SHARE:.0%} of pixels clear in both scenes; not corrected"}
+        return {
+            "dx_px": 0.0,
+            "dy_px": 0.0,
+            "dx_m": 0.0,
+            "dy_m": 0.0,
+            "correction_m": [0.0, 0.0],
+            "peak": None,
+            "n_blocks": 0,
+            "status": "unreliable",
+            "note": f"fewer than {MIN_CLEAR_SHARE:.0%} of pixels clear in both scenes; not corrected",
+        }
     results = np.array([phase_shift(a, b, ok) for _, a, b, ok in used])
     dy, dx = float(np.median(results[:, 0])), float(np.median(results[:, 1]))
     dx_m, dy_m = dx * res, -dy * res
-    return {"dx_px": round(dx, 4), "dy_px": round(dy, 4), "dx_m": round(dx_m, 3), "dy_m": round(dy_m, 3),
-            "correction_m": [round(-dx_m, 3), round(-dy_m, 3)], "peak": round(float(np.median(results[:, 2])), 4),
-            "n_blocks": len(used), "status": "measured"}
+    return {
+        "dx_px": round(dx, 4),
+        "dy_px": round(dy, 4),
+        "dx_m": round(dx_m, 3),
+        "dy_m": round(dy_m, 3),
+        "correction_m": [round(-dx_m, 3), round(-dy_m, 3)],
+        "peak": round(float(np.median(results[:, 2])), 4),
+        "n_blocks": len(used),
+        "status": "measured",
+    }
 
 
 def _scene_meta(path: Path) -> dict[str, Any]:
@@ -199,13 +211,20 @@ def _scene_meta(path: Path) -> dict[str, Any]:
     if not meta.get("datetime"):
         with rasterio.open(path) as src:
             tags = {k.lower(): v for k, v in src.tags().items()}
-        meta = {**meta, "datetime": tags.get("datetime"), "scene_id": tags.get("scene_id") or path.stem,
-                "tile": tags.get("tile")}
+        meta = {
+            **meta,
+            "datetime": tags.get("datetime"),
+            "scene_id": tags.get("scene_id") or path.stem,
+            "tile": tags.get("tile"),
+        }
     return meta
 
 
 def coregister_tile(
-    scenes: Sequence[str | os.PathLike[str]], out_json: str | os.PathLike[str], *, band: str = DEFAULT_BAND,
+    scenes: Sequence[str | os.PathLike[str]],
+    out_json: str | os.PathLike[str],
+    *,
+    band: str = DEFAULT_BAND,
 ) -> dict[str, Any]:
     """Measure every scene of one tile against the tile's reference scene; write the per-tile JSON sidecar.
 
@@ -229,29 +248,51 @@ def coregister_tile(
         when = str(meta.get("datetime") or "")
         if len(when) < 4 or not when[:4].isdigit():
             raise InputError(f"{p}: no acquisition date in its sidecar or tags; fetch it again with pixeldino")
-        metas.append((int(when[:4]), -(meta.get("clear_fraction") or 0.0), when, str(meta.get("scene_id") or p.stem),
-                      p, meta))
+        metas.append(
+            (int(when[:4]), -(meta.get("clear_fraction") or 0.0), when, str(meta.get("scene_id") or p.stem), p, meta)
+        )
     tiles = {m[5].get("tile") for m in metas}
     if len(tiles) > 1:
-        raise InputError(f"{out_json}: scenes of several tiles {sorted(map(str, tiles))}; co-register one tile at a time")
+        raise InputError(
+            f"{out_json}: scenes of several tiles {sorted(map(str, tiles))}; co-register one tile at a time"
+        )
     metas.sort(key=lambda m: m[:4])
     ref_year, _, _, ref_id, ref_path, ref_meta = metas[0]
     with rasterio.open(ref_path) as src:
         crs, res = src.crs.to_string(), float(abs(src.res[0]))
     record: dict[str, Any] = {
-        "type": "pixeldino_coregistration", "tile": ref_meta.get("tile"), "crs": crs, "resolution": res,
-        "band": canonical_band(band), "reference": ref_id, "method": "phase correlation, 1/%d px" % UPSAMPLE,
+        "type": "pixeldino_coregistration",
+        "tile": ref_meta.get("tile"),
+        "crs": crs,
+        "resolution": res,
+        "band": canonical_band(band),
+        "reference": ref_id,
+        "method": f"phase correlation, 1/{UPSAMPLE} px",
         "convention": "dx/dy: content offset vs the reference (+x east, +y south, pixels); correction_m undoes it",
         "scenes": {},
     }
     for year, _, _, scene_id, path, _ in metas:
         if scene_id == ref_id:
-            entry = {"dx_px": 0.0, "dy_px": 0.0, "dx_m": 0.0, "dy_m": 0.0, "correction_m": [0.0, 0.0], "peak": 1.0,
-                     "n_blocks": 0, "status": "reference"}
+            entry = {
+                "dx_px": 0.0,
+                "dy_px": 0.0,
+                "dx_m": 0.0,
+                "dy_m": 0.0,
+                "correction_m": [0.0, 0.0],
+                "peak": 1.0,
+                "n_blocks": 0,
+                "status": "reference",
+            }
         else:
             entry = measure_scene_shift(ref_path, path, band=band)
-            log.info("%s vs %s: dx %.3f px, dy %.3f px (%s)", scene_id, ref_id, entry["dx_px"], entry["dy_px"],
-                     entry["status"])
+            log.info(
+                "%s vs %s: dx %.3f px, dy %.3f px (%s)",
+                scene_id,
+                ref_id,
+                entry["dx_px"],
+                entry["dy_px"],
+                entry["status"],
+            )
         record["scenes"][scene_id] = {"year": year, **entry}
     record["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     record["pixeldino_version"] = __version__
@@ -260,7 +301,9 @@ def coregister_tile(
 
 
 def scene_corrections(
-    records: Sequence[str | os.PathLike[str] | dict[str, Any]], *, max_shift_px: float = DEFAULT_MAX_SHIFT_PX,
+    records: Sequence[str | os.PathLike[str] | dict[str, Any]],
+    *,
+    max_shift_px: float = DEFAULT_MAX_SHIFT_PX,
 ) -> dict[str, tuple[float, float]]:
     """``{scene_id: (dx, dy)}`` map translations (scene CRS units) that undo the measured shifts.
 

@@ -34,7 +34,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pixeldino.errors import ConfigError, ModelError
 
@@ -46,8 +46,9 @@ if TYPE_CHECKING:  # torch is imported lazily: the CLI reads BACKENDS without pa
 log = logging.getLogger(__name__)
 
 #: ``predict.backend`` values; ``auto`` picks one for the device (see module docs).
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-DEFAULT_BACKEND = "auto"
+Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+DEFAULT_BACKEND: Backend = "auto"
 #: Exported engines, fastest first on the CPU (measured in BENCHMARKS.md); all run on the CPU only.
 CPU_ENGINES = ("openvino", "onnxruntime")
 #: ONNX opset of the export: LayerNormalization-free graph, readable by ONNX Runtime >= 1.14 and OpenVINO >= 2023.
@@ -56,8 +57,9 @@ INPUT_NAME = "x"
 OUTPUT_NAMES = ("rts", "pseudo")
 _EXPORT_MODULES = ("onnx", "onnxscript")  # what torch.onnx.export(dynamo=True) needs
 #: ``predict.precision`` values; ``auto``: bfloat16 on a GPU, float32 on the CPU.
-PRECISIONS = ("auto", "float32", "bfloat16")
-DEFAULT_PRECISION = "auto"
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+DEFAULT_PRECISION: Precision = "auto"
 _BF16_ENGINES = ("torch", "openvino")
 
 
@@ -77,8 +79,10 @@ def resolve_precision(precision: str, backend: str, device: torch.device) -> str
     if precision == "auto":
         return "bfloat16" if device.type == "cuda" else "float32"
     if precision == "bfloat16" and backend not in _BF16_ENGINES:
-        raise ConfigError(f"predict backend {backend!r} runs in float32 only; use precision 'float32' or 'auto', "
-                          f"or backend {' or '.join(repr(b) for b in _BF16_ENGINES)} for bfloat16")
+        raise ConfigError(
+            f"predict backend {backend!r} runs in float32 only; use precision 'float32' or 'auto', "
+            f"or backend {' or '.join(repr(b) for b in _BF16_ENGINES)} for bfloat16"
+        )
     return precision
 
 
@@ -145,14 +149,16 @@ class TorchEngine(Engine):
         import torch
 
         super().__init__(device)
-        self.model = model.to(device=device, memory_format=torch.channels_last).eval()
+        self.model = model.to(device=device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.bf16 = precision == "bfloat16"
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                                                     enabled=self.bf16):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
             rts, pseudo = self.model(x.contiguous(memory_format=torch.channels_last))
         return rts.float(), pseudo.float()
 
@@ -322,10 +328,16 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _publish_file(tmp: Path, final: Path) -> None:
+    from pixeldino.io import follow_umask  # lazily, like torch: the CLI imports this module for BACKENDS
+
+    follow_umask(tmp)  # the exporter's file mode is its own; a shared cache must be readable like any output
     os.replace(tmp, final)  # atomic; a concurrent job's identical export may be replaced, never torn
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:
+    from pixeldino.io import follow_umask
+
+    follow_umask(tmp)  # mkdtemp made it 0700: others could not use the cached engine
     try:
         os.rename(tmp, final)  # atomic for a directory; fails if another job published first
     except OSError:
@@ -342,8 +354,15 @@ def export_onnx(model: UNet, path: Path, channels: int, patch: int) -> Path:
     try:
         with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                graph, (example,), str(tmp), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False,
+                graph,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
             )
         _publish_file(tmp, path)

@@ -31,3 +31,13 @@ class ModelError(PixeldinoError):
 
 class TrainingError(PixeldinoError):
     """Training cannot start or cannot go on (empty chip store, no positives, NaN loss)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text, for a one-line message; its type name when the text is empty.
+
+    Third-party errors (GDAL, pyogrio, pystac, torch) often carry multi-line texts whose first line says what went
+    wrong; a user-facing error quotes only that line so it stays one line.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -31,11 +31,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 from scipy import ndimage
 
-from pixeldino.bands import canonical_band
-from pixeldino.errors import ConfigError, InputError, PixeldinoError
+from pixeldino.bands import band_indexes
+from pixeldino.errors import ConfigError, InputError
 from pixeldino.io import atomic_output, write_json
 from pixeldino.labels import burn, read_labels
-from pixeldino.polygonize import invalid_mask, positive_mask, read_probability, resolve_threshold
+from pixeldino.metrics import f1_score, mean_of_defined, ratio
+from pixeldino.probability import invalid_mask, positive_mask, read_probability, resolve_threshold
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 QUICKLOOK_BANDS = ("B04", "B03", "B02")
@@ -43,17 +44,9 @@ QUICKLOOK_MAX_PIXELS = 2000
 MATCHING = "overlap: an object matches when it shares at least one evaluated pixel with the other set"
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return float(num) / float(den) if den else None
-
-
-def _f1(precision: float | None, recall: float | None) -> float | None:
-    if precision is None or recall is None:
-        return None
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
-def _bounds_rows_cols(bounds: Sequence[float], transform: Affine, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+def _bounds_rows_cols(
+    bounds: Sequence[float], transform: Affine, shape: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
     """Row/column range ``(r0, r1, c0, c1)`` of the grid that covers ``bounds``; None when it misses the grid."""
     win = from_bounds(*bounds, transform=transform)
     r0, c0 = max(int(math.floor(win.row_off)), 0), max(int(math.floor(win.col_off)), 0)
@@ -62,7 +55,9 @@ def _bounds_rows_cols(bounds: Sequence[float], transform: Affine, shape: tuple[i
     return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
 
 
-def _label_object_pixels(geom: Any, transform: Affine, shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray] | None:
+def _label_object_pixels(
+    geom: Any, transform: Affine, shape: tuple[int, int]
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Pixel-centre footprint of one polygon within its bounding window, or None if it misses the grid."""
     rows_cols = _bounds_rows_cols(geom.bounds, transform, shape)
     if rows_cols is None:
@@ -89,21 +84,23 @@ def _read_true_colour(image_path: Path, crs: Any, transform: Affine, shape: tupl
     """B04, B03, B02 of ``image_path`` on the evaluation grid, decimated by ``step`` (a plain read when grids agree)."""
     try:
         with rasterio.open(image_path) as src:
-            names = {}
-            for i, d in enumerate(src.descriptions, start=1):
-                if not d:
-                    continue
-                try:
-                    names[canonical_band(d)] = i
-                except PixeldinoError:
-                    names[d] = i
-            missing = [b for b in QUICKLOOK_BANDS if b not in names]
-            if missing:
-                raise InputError(f"{image_path}: lacks band(s) {', '.join(missing)} for the true-colour quicklook")
-            with WarpedVRT(src, crs=crs, transform=transform, width=shape[1], height=shape[0],
-                           resampling=rasterio.enums.Resampling.bilinear, nodata=0) as vrt:
+            indexes = band_indexes(
+                src.descriptions,
+                QUICKLOOK_BANDS,
+                path=image_path,
+                fix_hint="the true-colour quicklook needs them: give a scene with band descriptions B04, B03, B02",
+            )
+            with WarpedVRT(
+                src,
+                crs=crs,
+                transform=transform,
+                width=shape[1],
+                height=shape[0],
+                resampling=rasterio.enums.Resampling.bilinear,
+                nodata=0,
+            ) as vrt:
                 out_shape = (len(QUICKLOOK_BANDS), -(-shape[0] // step), -(-shape[1] // step))
-                return vrt.read([names[b] for b in QUICKLOOK_BANDS], out_shape=out_shape).astype(np.float32)
+                return vrt.read(indexes, out_shape=out_shape).astype(np.float32)
     except RasterioIOError as exc:
         raise InputError(f"{image_path}: cannot read the image for the quicklook ({exc})") from exc
 
@@ -136,8 +133,13 @@ def _write_quicklook(
             if mask.any() and not mask.all():
                 ax.contour(mask.astype(np.uint8), levels=[0.5], colors=[colour], linewidths=0.8)
         ax.legend(
-            handles=[Line2D([], [], color=c, label=n) for c, n in (("cyan", "labels"), ("red", "prediction"), ("white", "AOI"))],
-            loc="lower right", fontsize=6, framealpha=0.6,
+            handles=[
+                Line2D([], [], color=c, label=n)
+                for c, n in (("cyan", "labels"), ("red", "prediction"), ("white", "AOI"))
+            ],
+            loc="lower right",
+            fontsize=6,
+            framealpha=0.6,
         )
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
@@ -210,10 +212,10 @@ def evaluate_site(
     fp = int(np.count_nonzero(predicted & ~label_mask))
     fn = int(np.count_nonzero(label_mask & ~predicted))
     n_eval = int(np.count_nonzero(region))
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
     pixel = {
-        "iou": _ratio(tp, tp + fp + fn),
-        "f1": _f1(precision, recall),
+        "iou": ratio(tp, tp + fp + fn),
+        "f1": f1_score(precision, recall),
         "precision": precision,
         "recall": recall,
         "tp": tp,
@@ -221,8 +223,8 @@ def evaluate_site(
         "fn": fn,
         "tn": n_eval - tp - fp - fn,
         "n_pixels": n_eval,
-        "label_positive_fraction": _ratio(tp + fn, n_eval),
-        "pred_positive_fraction": _ratio(tp + fp, n_eval),
+        "label_positive_fraction": ratio(tp + fn, n_eval),
+        "pred_positive_fraction": ratio(tp + fp, n_eval),
     }
 
     components, n_pred = ndimage.label(predicted, structure=_EIGHT)
@@ -238,7 +240,7 @@ def evaluate_site(
             continue
         n_label_objects += 1
         detected += bool(predicted[sl][sub].any())
-    obj_precision, obj_recall = _ratio(matched_pred, n_pred), _ratio(detected, n_label_objects)
+    obj_precision, obj_recall = ratio(matched_pred, n_pred), ratio(detected, n_label_objects)
     objects = {
         "n_label_objects": n_label_objects,
         "n_pred_objects": int(n_pred),
@@ -246,7 +248,7 @@ def evaluate_site(
         "pred_objects_matched": matched_pred,
         "recall": obj_recall,
         "precision": obj_precision,
-        "f1": _f1(obj_precision, obj_recall),
+        "f1": f1_score(obj_precision, obj_recall),
         "matching": MATCHING,
     }
 
@@ -267,7 +269,7 @@ def evaluate_site(
         step = max(1, math.ceil(max(shape) / QUICKLOOK_MAX_PIXELS))  # a PNG never needs more than ~2000 px
         if image_path is not None:
             rgb = _read_true_colour(Path(image_path), crs, transform, shape, step)
-            background, is_rgb = _stretch(rgb, (rgb > 0).any(axis=0)), True
+            background, is_rgb = _stretch(rgb, np.asarray((rgb > 0).any(axis=0))), True
         else:
             sub = values[::step, ::step]
             background = np.where(invalid_mask(sub, info), np.nan, sub * info["scale"] + info["offset"])
@@ -285,11 +287,6 @@ def evaluate_site(
         )
         result["quicklook"] = str(quicklook_png)
     return result
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -310,16 +307,28 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     tp = sum(r["pixel"]["tp"] for r in results.values())
     fp = sum(r["pixel"]["fp"] for r in results.values())
     fn = sum(r["pixel"]["fn"] for r in results.values())
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    obj_p = _ratio(sum(r["object"]["pred_objects_matched"] for r in results.values()),
-                   sum(r["object"]["n_pred_objects"] for r in results.values()))
-    obj_r = _ratio(sum(r["object"]["label_objects_detected"] for r in results.values()),
-                   sum(r["object"]["n_label_objects"] for r in results.values()))
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    obj_p = ratio(
+        sum(r["object"]["pred_objects_matched"] for r in results.values()),
+        sum(r["object"]["n_pred_objects"] for r in results.values()),
+    )
+    obj_r = ratio(
+        sum(r["object"]["label_objects_detected"] for r in results.values()),
+        sum(r["object"]["n_label_objects"] for r in results.values()),
+    )
     pooled = {
-        "iou": _ratio(tp, tp + fp + fn), "f1": _f1(precision, recall), "precision": precision, "recall": recall,
-        "tp": tp, "fp": fp, "fn": fn, "object_precision": obj_p, "object_recall": obj_r, "object_f1": _f1(obj_p, obj_r),
+        "iou": ratio(tp, tp + fp + fn),
+        "f1": f1_score(precision, recall),
+        "precision": precision,
+        "recall": recall,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "object_precision": obj_p,
+        "object_recall": obj_r,
+        "object_f1": f1_score(obj_p, obj_r),
     }
-    mean = {k: _mean([row[k] for row in table]) for k in ("iou", "f1", "precision", "recall", "object_f1")}
+    mean = {k: mean_of_defined([row[k] for row in table]) for k in ("iou", "f1", "precision", "recall", "object_f1")}
     return {"table": table, "pooled": pooled, "mean_over_sites": mean}
 
 
@@ -345,3 +354,63 @@ def evaluate_sites(sites: Sequence[dict[str, Any]], out_json: str | os.PathLike[
     document = {"sites": results, "summary": summarise(results)}
     write_json(out_json, document)
     return document
+
+
+def scene_for_aoi(aoi_path: str | os.PathLike[str], scenes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest scene whose footprint covers most of the AOI."""
+    from shapely.geometry import box
+
+    from pixeldino.tiles import load_aoi
+
+    aoi = load_aoi(aoi_path)
+    best = max(scenes, key=lambda s: box(*s["bbox"]).intersection(aoi).area, default=None)
+    if best is None or box(*best["bbox"]).intersection(aoi).area == 0:
+        raise InputError(f"{aoi_path}: no scene in the manifest covers this evaluation AOI; widen the search")
+    return best
+
+
+def run_evaluate(
+    sites: Sequence[dict[str, Any]],
+    *,
+    scenes: Sequence[dict[str, Any]],
+    predictions: Sequence[str | os.PathLike[str]],
+    images: Sequence[str | os.PathLike[str]],
+    quicklooks: Sequence[str | os.PathLike[str]],
+    out_json: str | os.PathLike[str],
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """The evaluate stage: every configured site on the prediction of the scene that covers it; one JSON.
+
+    Every path is given by the caller (the workflow's rule): nothing is derived from a folder and a file-name
+    convention.
+
+    Args:
+        sites: the config's ``evaluate.sites`` (``name``, ``labels``, optional ``aoi``).
+        scenes: the manifest's scene records (``id``, ``bbox``), in the order of ``predictions`` and ``images``.
+        predictions: one probability raster per scene.
+        images: one scene COG per scene (quicklook background).
+        quicklooks: one PNG per site, in the order of ``sites``.
+        out_json: the metrics JSON to write.
+        threshold: probability threshold (None: each raster's calibrated one).
+    """
+    if not (len(scenes) == len(predictions) == len(images)) or len(quicklooks) != len(sites):
+        raise ConfigError(
+            f"evaluate: {len(scenes)} scenes, {len(predictions)} predictions and {len(images)} images, "
+            f"{len(sites)} sites and {len(quicklooks)} quicklooks: the lists must correspond"
+        )
+    index = {scene["id"]: i for i, scene in enumerate(scenes)}
+    specs = []
+    for site, quicklook in zip(sites, quicklooks):
+        i = index[scene_for_aoi(site.get("aoi") or site["labels"], scenes)["id"]]
+        specs.append(
+            {
+                "site": site["name"],
+                "prob_path": predictions[i],
+                "labels_path": site["labels"],
+                "aoi_path": site.get("aoi"),
+                "threshold": threshold,
+                "image_path": images[i],
+                "quicklook_png": quicklook,
+            }
+        )
+    return evaluate_sites(specs, out_json)

@@ -6,12 +6,74 @@ import contextlib
 import json
 import os
 import shutil
+import stat
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the platform allows.
+
+    ``os.umask`` can only be read by setting it; between the two calls another thread's files would be created
+    with the temporary value. Linux reports the umask in ``/proc/self/status``, so that is tried first; the
+    fallback sets the restrictive 0o077 for that instant, so a racing file can only come out too private,
+    never too open.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _umask_mode(st_mode: int, umask: int) -> int:
+    """The permission bits ``open()``/``mkdir()`` would have given an entry of this type under ``umask``."""
+    if stat.S_ISDIR(st_mode):
+        # setgid on a directory is inherited from a group-shared parent by mkdir and mkdtemp alike; keep it
+        return (0o777 & ~umask) | (st_mode & stat.S_ISGID)
+    if st_mode & stat.S_IXUSR:
+        return 0o777 & ~umask  # an executable the writer made on purpose stays executable (for those allowed)
+    return 0o666 & ~umask
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (and, for a directory, everything below it) the mode a plain ``open()``/``mkdir()`` would.
+
+    Writers that go through a private temporary (``tempfile.mkdtemp`` makes 0700 directories, safetensors'
+    ``save_file`` writes 0600 files) would otherwise publish outputs that colleagues in the same group cannot
+    read. Call it on the temporary just before renaming it into place, so the final name never appears with the
+    wrong mode. Symbolic links are left alone (their mode is meaningless and chmod would follow them). Only
+    entries whose mode differs are touched, so a large zarr store costs one ``stat`` per file.
+    """
+    umask = current_umask()
+    root = Path(path)
+
+    def fix(p: Path) -> None:
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode) or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return
+        mode = _umask_mode(st.st_mode, umask)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(p, mode)
+
+    fix(root)
+    if root.is_dir() and not root.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                fix(Path(dirpath, name))
 
 
 @contextlib.contextmanager
@@ -20,6 +82,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     An interrupted or failed stage therefore never leaves a file (or directory, e.g. a zarr store) that looks
     complete. The temporary name keeps the suffix so that drivers chosen by extension (GPKG, GeoTIFF) still work.
+    The published output gets the mode the umask gives a plain ``open()``/``mkdir()`` (:func:`follow_umask`),
+    whatever private mode the writer gave its file.
 
     Example:
         >>> with atomic_output("out.gpkg") as tmp:
@@ -30,6 +94,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = final.with_name(f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
     try:
         yield tmp
+        if tmp.exists():
+            follow_umask(tmp)
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import geopandas as gpd
 import numpy as np
@@ -24,12 +24,13 @@ from pyproj import CRS
 from rasterio.features import rasterize
 from shapely.geometry.base import BaseGeometry
 
-from pixeldino.errors import InputError
+from pixeldino.errors import InputError, first_line
+from pixeldino.metrics import mask_iou
 
 #: Mask value for pixels that carry no label (outside the footprint, image nodata, padding).
 IGNORE = 255
 
-Geometries = gpd.GeoDataFrame | gpd.GeoSeries | BaseGeometry | Sequence[BaseGeometry]
+Geometries: TypeAlias = gpd.GeoDataFrame | gpd.GeoSeries | BaseGeometry | Sequence[BaseGeometry]
 
 
 def _polygonal_part(geom: BaseGeometry | None) -> BaseGeometry | None:
@@ -88,8 +89,7 @@ def read_labels(
         else:
             gdf = gpd.read_file(p, layer=layer)
     except Exception as exc:  # pyogrio/pyarrow raise many types; the user needs the file name and the reason
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read {what} {p} ({reason}); is it a valid vector file?") from exc
+        raise InputError(f"cannot read {what} {p} ({first_line(exc)}); is it a valid vector file?") from exc
     if gdf.crs is None:
         raise InputError(
             f"{what} {p} has no CRS; assign the right one, e.g. `ogr2ogr -a_srs EPSG:32608 fixed.gpkg {p.name}`"
@@ -196,14 +196,10 @@ def consensus_mask(
 
 
 def pixel_iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None) -> float:
-    """IoU of two boolean masks over ``valid`` pixels; 1.0 when both are empty (they agree there is nothing)."""
-    a = a.astype(bool)
-    b = b.astype(bool)
-    if valid is not None:
-        a = a & valid
-        b = b & valid
-    union = int(np.count_nonzero(a | b))
-    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
+    """Agreement of two boolean masks over ``valid`` pixels: their IoU (:func:`pixeldino.metrics.mask_iou`), and
+    1.0 where that is undefined because both are empty: two experts who draw nothing agree completely."""
+    iou = mask_iou(a, b, valid)
+    return 1.0 if iou is None else iou
 
 
 def expert_agreement(

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import geopandas as gpd
 import numpy as np
@@ -90,23 +91,62 @@ DETECTION_SCHEMA: dict[str, str] = {
     "edge_distance_m": "float64",
 }
 DETECTIONS_LAYER = "rts_detections"
-GEOMETRY_RULES = ("best", "union")
-DEFAULT_GEOMETRY_RULE = "best"
-#: Two detections are one slump when their intersection covers this share of the smaller one (``best`` rule).
+GeometryRule = Literal["best", "union"]
+GEOMETRY_RULES: tuple[str, ...] = get_args(GeometryRule)
+#: Share of the smaller detection two detections must share to be one slump (``best``).
 DEFAULT_MIN_OVERLAP = 0.5
+
+
+@dataclass
+class MergeParams:
+    """How per-scene polygons merge into one map (config section ``merge``; ``pixeldino merge`` options).
+
+    Attributes:
+        crs: target CRS of the merged map (EPSG:3413, NSIDC polar stereographic, by default; areas are computed on
+            the ellipsoid, so they are exact in any CRS).
+        geometry: ``best``: each slump is its best single detection (farthest from its scene edge, least hidden by
+            the quality mask), not the union of all views; ``union``: the union of every chain of overlapping
+            detections (see the module docs).
+        min_overlap: ``best``: two detections are one slump when they share this share of the smaller one.
+    """
+
+    crs: str = "EPSG:3413"
+    geometry: GeometryRule = "best"
+    min_overlap: float = field(default=DEFAULT_MIN_OVERLAP, metadata={"exclusiveMinimum": 0, "maximum": 1})
+
+    def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRY_RULES:
+            raise ConfigError(f"merge.geometry {self.geometry!r} is not one of {', '.join(GEOMETRY_RULES)}")
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise ConfigError(f"merge.min_overlap {self.min_overlap} must be in (0, 1]")
+        try:
+            CRS.from_user_input(self.crs)
+        except Exception:  # pyproj raises CRSError, a few others for odd input
+            raise ConfigError(f"merge.crs {self.crs!r} is not a CRS pyproj knows; use e.g. EPSG:3413") from None
+
+
 _EQUAL_AREA_METHODS = ("equal area", "equal earth", "mollweide", "sinusoidal", "eckert iv", "eckert vi")
 #: Per-scene columns the merge reads, with the value a layer from an older pixeldino without them gets.
 _DETECTION_DEFAULTS: dict[str, Any] = {
-    "scene_id": None, "tile": None, "datetime": None, "prob_mean": np.nan, "prob_max": np.nan,
-    "touches_nodata": False, "low_quality_fraction": np.nan, "edge_distance_m": np.nan, "water_fraction": np.nan,
-    "dark_area_fraction": np.nan, "cirrus_fraction": np.nan, "in_permanent_water": False,
+    "scene_id": None,
+    "tile": None,
+    "datetime": None,
+    "prob_mean": np.nan,
+    "prob_max": np.nan,
+    "touches_nodata": False,
+    "low_quality_fraction": np.nan,
+    "edge_distance_m": np.nan,
+    "water_fraction": np.nan,
+    "dark_area_fraction": np.nan,
+    "cirrus_fraction": np.nan,
+    "in_permanent_water": False,
 }
 
 
 def is_equal_area(crs: CRS) -> bool:
     """Whether ``crs`` is a projection that preserves area."""
     op = crs.coordinate_operation
-    return bool(op) and any(m in op.method_name.lower() for m in _EQUAL_AREA_METHODS)
+    return op is not None and any(m in op.method_name.lower() for m in _EQUAL_AREA_METHODS)
 
 
 def ground_area_m2(geoms: gpd.GeoSeries) -> np.ndarray:
@@ -144,7 +184,7 @@ def read_detections(
     """One per-scene ``rts`` layer in ``crs``, with the columns the merge uses (missing ones get defaults).
 
     Args:
-        path: GeoPackage from :func:`pixeldino.polygonize.polygonize_scene`.
+        path: GeoPackage from :func:`pixeldino.polygonize.run_polygonize`.
         crs: target CRS.
         shifts: optional ``{scene_id: (dx, dy)}`` translation in the layer's own CRS units, applied before
             reprojection (the co-registration correction, :mod:`pixeldino.coregister`).
@@ -155,7 +195,9 @@ def read_detections(
     try:
         gdf = pyogrio.read_dataframe(path, layer=LAYER)
     except Exception as exc:  # pyogrio raises several types (DataSourceError, DataLayerError, ...)
-        raise InputError(f"{path}: cannot read layer {LAYER!r} ({exc}); give a GeoPackage from `pixeldino polygonize`") from None
+        raise InputError(
+            f"{path}: cannot read layer {LAYER!r} ({exc}); give a GeoPackage from `pixeldino polygonize`"
+        ) from None
     if gdf.crs is None:
         raise InputError(f"{path}: layer {LAYER!r} has no CRS; re-create it with `pixeldino polygonize`")
     for column, default in _DETECTION_DEFAULTS.items():
@@ -213,7 +255,8 @@ def detection_rank(detections: pd.DataFrame) -> np.ndarray:
     )
     order = frame.sort_values(
         ["touches", "low_quality", "edge", "prob", "scene", "key"],
-        ascending=[True, False, False, False, True, True], kind="stable",
+        ascending=[True, False, False, False, True, True],
+        kind="stable",
     ).index.to_numpy()
     return order
 
@@ -258,27 +301,17 @@ def _day(value: Any) -> str | None:
     return value.strftime("%Y-%m-%d") if value is not None and not pd.isna(value) else None
 
 
-def merge_detections(
-    detections: gpd.GeoDataFrame,
-    *,
-    geometry: str = DEFAULT_GEOMETRY_RULE,
-    min_overlap: float = DEFAULT_MIN_OVERLAP,
-) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+def merge_detections(detections: gpd.GeoDataFrame, params: MergeParams) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """Deduplicate detections (all in one CRS) into slumps.
 
     Args:
         detections: rows as from :func:`read_detections`, already in the target CRS.
-        geometry: ``best`` (best single detection per slump) or ``union`` (see module docs).
-        min_overlap: ``best``: share of the smaller detection two must share to be one slump.
+        params: the geometry rule and overlap share (``params.crs`` is not used: the detections' CRS is).
 
     Returns:
         ``(slumps, provenance)``: the merged layer (:data:`MERGED_SCHEMA`, sorted by ``rts_id``) and every
         detection with the ``rts_id`` it went into (:data:`DETECTION_SCHEMA`).
     """
-    if geometry not in GEOMETRY_RULES:
-        raise ConfigError(f"merge.geometry {geometry!r} must be one of {list(GEOMETRY_RULES)}")
-    if not 0.0 < min_overlap <= 1.0:
-        raise ConfigError(f"merge.min_overlap {min_overlap} must be within (0, 1]")
     target = CRS.from_user_input(detections.crs)
     if len(detections) == 0:
         return empty_frame(target, MERGED_SCHEMA), empty_frame(target, DETECTION_SCHEMA)
@@ -288,8 +321,8 @@ def merge_detections(
     geoms[invalid] = shapely.make_valid(geoms[invalid])
     detections = detections.set_geometry(gpd.GeoSeries(geoms, crs=target))
     order = detection_rank(detections)
-    if geometry == "best":
-        owner = best_detection_groups(geoms, order, min_overlap)
+    if params.geometry == "best":
+        owner = best_detection_groups(geoms, order, params.min_overlap)
     else:
         labels = overlap_groups(geoms)
         rank_of = np.empty(len(order), dtype=np.int64)
@@ -300,13 +333,18 @@ def merge_detections(
         owner = order[best_of_label]
     dates = pd.to_datetime(detections["datetime"], utc=True, errors="coerce", format="ISO8601")
     frame = pd.DataFrame(
-        {"owner": owner, "scene": detections["scene_id"], "tile": detections["tile"], "date": dates,
-         "prob_max": detections["prob_max"].astype(float)}
+        {
+            "owner": owner,
+            "scene": detections["scene_id"],
+            "tile": detections["tile"],
+            "date": dates,
+            "prob_max": detections["prob_max"].astype(float),
+        }
     )
     grouped = frame.groupby("owner", sort=True)
     owners = np.array(sorted(grouped.groups))
     chosen = detections.loc[owners]
-    if geometry == "best":
+    if params.geometry == "best":
         merged_geoms = [as_multipolygon(g) for g in geoms[owners]]
     else:
         members = grouped.indices
@@ -359,43 +397,46 @@ def write_layers(out_gpkg: str | os.PathLike[str], layers: dict[str, gpd.GeoData
     """Write several MultiPolygon layers (each with the pixeldino QGIS style) into one GeoPackage, atomically."""
     with atomic_output(out_gpkg) as tmp:
         for name, gdf in layers.items():
-            pyogrio.write_dataframe(gdf, tmp, layer=name, driver="GPKG", geometry_type="MultiPolygon",
-                                    promote_to_multi=True, append=tmp.exists())
+            pyogrio.write_dataframe(
+                gdf,
+                tmp,
+                layer=name,
+                driver="GPKG",
+                geometry_type="MultiPolygon",
+                promote_to_multi=True,
+                append=tmp.exists(),
+            )
             write_qgis_style(tmp, name)
     return Path(out_gpkg)
 
 
-def merge_polygons(
+def run_merge(
+    params: MergeParams,
     inputs: Sequence[str | os.PathLike[str]],
     out_gpkg: str | os.PathLike[str],
-    *,
-    crs: str = "EPSG:3413",
     out_parquet: str | os.PathLike[str] | None = None,
-    geometry: str = DEFAULT_GEOMETRY_RULE,
-    min_overlap: float = DEFAULT_MIN_OVERLAP,
 ) -> gpd.GeoDataFrame:
-    """Merge per-scene RTS layers into one layer of distinct slumps.
+    """The merge stage: per-scene RTS layers into one layer of distinct slumps.
 
     Args:
-        inputs: GeoPackages with layer ``rts`` (from :func:`pixeldino.polygonize.polygonize_scene`), any CRS.
-        out_gpkg: output GeoPackage, layer ``rts`` in ``crs`` and the provenance layer ``rts_detections``
+        params: target CRS and geometry rule.
+        inputs: GeoPackages with layer ``rts`` (from :func:`pixeldino.polygonize.run_polygonize`), any CRS.
+        out_gpkg: output GeoPackage, layer ``rts`` in ``params.crs`` and the provenance layer ``rts_detections``
             (written atomically).
-        crs: target CRS of the merged layer (EPSG:3413 polar stereographic by default; EPSG:6931 is equal-area).
         out_parquet: optional GeoParquet copy of the ``rts`` layer (written together with the GeoPackage).
-        geometry: ``best`` (default) or ``union``: see the module docs.
-        min_overlap: ``best``: overlap share that makes two detections one slump.
 
     Returns:
         The ``rts`` layer: one row per slump (:data:`MERGED_SCHEMA`), MultiPolygon geometry, sorted by ``rts_id``.
     """
-    target = CRS.from_user_input(crs)
+    target = CRS.from_user_input(params.crs)
     frames = [read_detections(p, target) for p in inputs]
     frames = [f for f in frames if len(f)]
     detections = (
         gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=target)
-        if frames else empty_frame(target, {k: "object" for k in _DETECTION_DEFAULTS})
+        if frames
+        else empty_frame(target, {k: "object" for k in _DETECTION_DEFAULTS})
     )
-    gdf, provenance = merge_detections(detections, geometry=geometry, min_overlap=min_overlap)
+    gdf, provenance = merge_detections(detections, params)
     with atomic_output(out_gpkg) as tmp_gpkg:
         write_layers(tmp_gpkg, {LAYER: gdf, DETECTIONS_LAYER: provenance})
         if out_parquet is not None:

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pixeldino import __version__
-from pixeldino.errors import ModelError
+from pixeldino.errors import ModelError, first_line
 from pixeldino.io import atomic_output
 from pixeldino.model import UNet, UNetConfig, build_model
 
@@ -43,7 +43,9 @@ def git_revision(repo_dir: str | os.PathLike[str] | None = None) -> str | None:
     """Current git commit of the source tree (None outside a git checkout)."""
     cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -78,13 +80,17 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     meta_file = p if p.suffix == ".json" else metadata_path(p)
     if not meta_file.exists():
-        raise ModelError(f"{meta_file}: model metadata not found; a model is a .safetensors file with its .json beside it")
+        raise ModelError(
+            f"{meta_file}: model metadata not found; a model is a .safetensors file with its .json beside it"
+        )
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{meta_file}: corrupt model metadata ({exc.msg}); re-export the model") from exc
     if meta.get("format") != FORMAT or any(k not in meta for k in REQUIRED_KEYS):
-        raise ModelError(f"{meta_file}: not a pixeldino model file (needs format={FORMAT!r} and {', '.join(REQUIRED_KEYS)})")
+        raise ModelError(
+            f"{meta_file}: not a pixeldino model file (needs format={FORMAT!r} and {', '.join(REQUIRED_KEYS)})"
+        )
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"{meta_file}: model format {meta['format_version']} is newer than this pixeldino; upgrade it")
     return meta
@@ -106,6 +112,5 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"{p}: weights do not fit the architecture in its metadata ({first})") from exc
+        raise ModelError(f"{p}: weights do not fit the architecture in its metadata ({first_line(exc)})") from exc
     return model.to(device).eval(), meta

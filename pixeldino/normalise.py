@@ -6,22 +6,45 @@ Three methods, chosen in config and stored verbatim in the model file so inferen
 * ``zscore`` — per-band robust z-score ``(DN - median) / (1.4826 * MAD)`` with statistics from the training chips.
 * ``scale`` — fixed reflectance scaling ``DN * scale`` (default 1e-4, i.e. reflectance).
 
-Nodata pixels (DN == 0 in every band) are mapped to 0 by the callers, which know the mask.
+Each method's formula is written once (:func:`_formula`, against a small table of array operations) and evaluated
+by numpy (:func:`normalise`, inference) and by torch (:func:`normalise_torch`, training on any device); the
+inference look-up table (:func:`lookup_table`) holds the numpy values of every 8- or 16-bit DN.
+
+**Nodata.** A pixel whose bands all hold the nodata DN (0, as in Sentinel-2 L2A scenes and in chip stores) carries
+no measurement and enters the network as 0, in training and in inference alike; a DN of 0 in only some bands of a
+pixel is a measurement and is normalised by the formula like any other DN. Both functions take ``nodata``: with
+``nodata=0`` they set such pixels to 0 themselves (training calls :func:`normalise_torch` so, see
+:data:`NODATA_DN`); with ``nodata=None`` (the default) they apply the formula to every value and leave nodata to
+the caller. Inference does the latter: a look-up table entry sees one band of one pixel and cannot know whether the
+pixel's other bands are 0, so the predictor looks up the formula's values and then zeroes the pixels that hold the
+scene's nodata value (0 for Sentinel-2) in every band: the same numbers as training for the same DNs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pixeldino.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 METHODS = ("logsigmoid", "zscore", "scale")
+#: The DN of a pixel without data, in every band (Sentinel-2 L2A scenes, the fetched scenes, chip stores).
+NODATA_DN = 0
 
 
-def validate_spec(spec: dict[str, Any], n_bands: int | None = None) -> dict[str, Any]:
-    """Check a normalisation spec and return a clean copy (statistics as float lists)."""
+def validate_spec(spec: Mapping[str, Any], n_bands: int | None = None) -> dict[str, Any]:
+    """Check a normalisation spec and return a clean copy (statistics as float lists).
+
+    Raises:
+        ConfigError: an unknown method, missing or mis-sized zscore statistics, or a non-positive zscore scale.
+    """
     method = spec.get("method")
     if method not in METHODS:
         raise ConfigError(f"normalisation method {method!r} is not one of {', '.join(METHODS)}")
@@ -41,28 +64,123 @@ def validate_spec(spec: dict[str, Any], n_bands: int | None = None) -> dict[str,
     return out
 
 
-def normalise(dn: np.ndarray, spec: dict[str, Any], band_axis: int = 0) -> np.ndarray:
+@dataclass(frozen=True)
+class _Ops:
+    """The few array operations the formulas need, for one array library.
+
+    Everything else in the formulas is arithmetic that numpy arrays and torch tensors share. Each library keeps
+    its own sigmoid and its own way to make constants, so that both evaluate exactly what they always did.
+    """
+
+    log1p: Callable[[Any], Any]
+    sigmoid: Callable[[Any], Any]
+    clamp_min: Callable[[Any, float], Any]
+    #: A scalar constant in the arithmetic of the array (``scale``'s factor).
+    scalar: Callable[[float], Any]
+    #: Per-band constants ``(values, like, band_axis)`` shaped to broadcast against ``like``.
+    per_band: Callable[[Sequence[float], Any, int], Any]
+    #: Pixels whose every band equals a value ``(array, value, band_axis)``, keeping the band axis (size 1).
+    all_bands_equal: Callable[[Any, float, int], Any]
+    #: ``array`` with 0 where ``mask`` is true.
+    zero_where: Callable[[Any, Any], Any]
+
+
+def _band_shape(ndim: int, band_axis: int) -> list[int]:
+    shape = [1] * ndim
+    shape[band_axis] = -1
+    return shape
+
+
+_NUMPY = _Ops(
+    log1p=np.log1p,
+    sigmoid=lambda z: 1.0 / (1.0 + np.exp(-z)),
+    clamp_min=np.maximum,
+    scalar=np.float32,
+    per_band=lambda values, like, axis: np.asarray(values, dtype=np.float32).reshape(_band_shape(like.ndim, axis)),
+    all_bands_equal=lambda x, value, axis: (x == value).all(axis=axis, keepdims=True),
+    zero_where=lambda x, mask: np.where(mask, np.float32(0.0), x),
+)
+
+
+@functools.cache
+def _torch_ops() -> _Ops:
+    # imported on first use: inference and the numpy callers need not load torch for this module
+    import torch
+
+    return _Ops(
+        log1p=torch.log1p,
+        sigmoid=torch.sigmoid,
+        clamp_min=torch.clamp_min,
+        scalar=float,
+        per_band=lambda values, like, axis: torch.tensor(values, dtype=like.dtype, device=like.device).view(
+            _band_shape(like.ndim, axis)
+        ),
+        all_bands_equal=lambda x, value, axis: (x == value).all(dim=axis, keepdim=True),
+        zero_where=lambda x, mask: x.masked_fill(mask, 0.0),
+    )
+
+
+def _formula(x: Any, spec: Mapping[str, Any], band_axis: int, ops: _Ops) -> Any:
+    """The normalised value of every element of ``x`` (float DNs) by ``spec``'s method; no nodata handling."""
+    method = spec["method"]
+    if method == "logsigmoid":
+        return ops.sigmoid(2.5 * (ops.log1p(0.005 * ops.clamp_min(x, 0.0)) - 2.1))
+    if method == "scale":
+        return x * ops.scalar(spec.get("factor", 1e-4))
+    if method == "zscore":
+        return (x - ops.per_band(spec["center"], x, band_axis)) / ops.per_band(spec["scale"], x, band_axis)
+    raise ConfigError(f"normalisation method {method!r} is not one of {', '.join(METHODS)}")
+
+
+def _normalised(x: Any, spec: Mapping[str, Any], band_axis: int, nodata: float | None, ops: _Ops) -> Any:
+    out = _formula(x, spec, band_axis, ops)
+    if nodata is not None:
+        out = ops.zero_where(out, ops.all_bands_equal(x, nodata, band_axis))
+    return out
+
+
+def normalise(
+    dn: np.ndarray, spec: Mapping[str, Any], band_axis: int = 0, *, nodata: float | None = None
+) -> np.ndarray:
     """Normalise an array of DNs (any integer or float dtype) to float32 network input.
 
     Args:
         dn: array with the band axis at ``band_axis``.
         spec: a normalisation spec (see module docs).
-        band_axis: which axis holds the bands (needed for per-band statistics).
+        band_axis: which axis holds the bands (needed for per-band statistics and for nodata).
+        nodata: pixels with this DN in every band become 0 (None: every value is normalised; see module docs).
     """
     x = np.asarray(dn, dtype=np.float32)
-    method = spec["method"]
-    if method == "logsigmoid":
-        z = 2.5 * (np.log1p(0.005 * np.maximum(x, 0.0)) - 2.1)
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-    if method == "scale":
-        return (x * np.float32(spec.get("factor", 1e-4))).astype(np.float32)
-    if method == "zscore":
-        shape = [1] * x.ndim
-        shape[band_axis] = -1
-        center = np.asarray(spec["center"], dtype=np.float32).reshape(shape)
-        scale = np.asarray(spec["scale"], dtype=np.float32).reshape(shape)
-        return ((x - center) / scale).astype(np.float32)
-    raise ConfigError(f"normalisation method {method!r} is not one of {', '.join(METHODS)}")
+    return np.asarray(_normalised(x, spec, band_axis, nodata, _NUMPY), dtype=np.float32)
+
+
+def normalise_torch(
+    dn: torch.Tensor, spec: Mapping[str, Any], band_axis: int = 1, *, nodata: float | None = None
+) -> torch.Tensor:
+    """Torch twin of :func:`normalise`: the same formula and nodata handling for float DNs on any device.
+
+    Args:
+        dn: float tensor of DNs, by default ``(B, C, H, W)``.
+        spec: a normalisation spec (see module docs).
+        band_axis: which dimension holds the bands.
+        nodata: pixels with this DN in every band become 0 (None: every value is normalised).
+    """
+    out: torch.Tensor = _normalised(dn, spec, band_axis, nodata, _torch_ops())
+    return out
+
+
+def lookup_table(spec: Mapping[str, Any], n_bands: int, dtype: np.dtype[Any] | str) -> np.ndarray | None:
+    """``(n_bands, 2**bits)`` table of :func:`normalise`'s value of every DN of an 8- or 16-bit unsigned scene.
+
+    Entry ``[b, v]`` is the normalised DN ``v`` of band ``b`` (formula only: nodata pixels are the caller's to
+    zero, see the module docs). Normalising by table look-up is an order of magnitude faster than computing
+    log/exp per pixel and gives the same float32 values. None for other data types (normalised directly).
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        return None
+    dn = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+    return np.ascontiguousarray(normalise(np.broadcast_to(dn, (n_bands, dn.size)), spec, band_axis=0))
 
 
 def compute_zscore_stats(samples: np.ndarray, valid: np.ndarray | None = None) -> dict[str, Any]:
@@ -77,7 +195,9 @@ def compute_zscore_stats(samples: np.ndarray, valid: np.ndarray | None = None) -
         x = x[None]
     per_band = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
     if valid is not None:
-        mask = np.broadcast_to(np.asarray(valid, dtype=bool).reshape(x.shape[0], *x.shape[2:]), (x.shape[0], *x.shape[2:]))
+        mask = np.broadcast_to(
+            np.asarray(valid, dtype=bool).reshape(x.shape[0], *x.shape[2:]), (x.shape[0], *x.shape[2:])
+        )
         per_band = per_band[:, mask.reshape(-1)]
     if per_band.shape[1] == 0:
         raise ConfigError("no valid pixels to compute zscore statistics from")

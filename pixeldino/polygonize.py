@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,48 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyogrio
-import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS, Geod
-from rasterio.errors import RasterioIOError
 from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, shape
 
 from pixeldino import quality as q
-from pixeldino.errors import ConfigError, InputError
+from pixeldino.errors import ConfigError
 from pixeldino.io import atomic_output
+from pixeldino.probability import invalid_mask, positive_mask, read_probability, resolve_threshold, to_probability
 
 LAYER = "rts"
-DEFAULT_THRESHOLD = 0.5
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class PolygonizeParams:
+    """Probability raster to polygons (config section ``polygonize``; ``pixeldino polygonize`` options).
+
+    Attributes:
+        threshold: probability threshold (p >= threshold is RTS); null takes the model's calibrated threshold (the
+            raster's THRESHOLD tag, written by predict), else 0.5.
+        min_area_m2: polygons smaller than this are dropped.
+        opening_radius: radius (pixels) of a binary opening with a disk before the objects are labelled; 0: none.
+        simplify_tolerance: topology-preserving simplification tolerance in CRS units; null: half a pixel.
+    """
+
+    threshold: float | None = field(default=None, metadata={"minimum": 0, "maximum": 1})
+    min_area_m2: float = field(default=500.0, metadata={"minimum": 0})
+    opening_radius: int = field(default=0, metadata={"minimum": 0})
+    simplify_tolerance: float | None = field(default=None, metadata={"minimum": 0})
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"polygonize.threshold {self.threshold} must be in [0, 1]")
+        if self.opening_radius < 0 or self.min_area_m2 < 0:
+            raise ConfigError(
+                f"polygonize.opening_radius ({self.opening_radius}) and polygonize.min_area_m2 "
+                f"({self.min_area_m2}) must not be negative"
+            )
+
 
 #: Column order and dtypes of the ``rts`` layer; an empty result is written with exactly this schema.
 SCHEMA: dict[str, str] = {
@@ -136,7 +163,9 @@ def empty_frame(crs: Any, schema: dict[str, str] = SCHEMA, extra: dict[str, Any]
 def write_layer(gdf: gpd.GeoDataFrame, out_gpkg: str | os.PathLike[str], layer: str = LAYER) -> None:
     """Write ``gdf`` as a MultiPolygon GeoPackage layer with the pixeldino QGIS style, atomically."""
     with atomic_output(out_gpkg) as tmp:
-        pyogrio.write_dataframe(gdf, tmp, layer=layer, driver="GPKG", geometry_type="MultiPolygon", promote_to_multi=True)
+        pyogrio.write_dataframe(
+            gdf, tmp, layer=layer, driver="GPKG", geometry_type="MultiPolygon", promote_to_multi=True
+        )
         write_qgis_style(tmp, layer)
 
 
@@ -163,69 +192,6 @@ def area_and_perimeter(geom: shapely.Geometry, crs: CRS) -> tuple[float, float]:
     return geom.area * unit * unit, geom.length * unit
 
 
-def read_probability(path: Path, window: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Band 1 of a probability raster (or a window of it) and what is needed to interpret it.
-
-    Returns:
-        ``(values, info)``; ``info`` has ``transform`` (of the window), ``crs``, ``nodata``, ``scale``,
-        ``offset``, ``tags`` and ``shape``.
-    """
-    if not path.exists():
-        raise InputError(f"{path}: probability raster not found; run `pixeldino predict` first")
-    try:
-        with rasterio.open(path) as src:
-            info = {
-                "transform": src.window_transform(window) if window is not None else src.transform,
-                "crs": src.crs,
-                "nodata": src.nodata,
-                "scale": src.scales[0] if src.scales else 1.0,
-                "offset": src.offsets[0] if src.offsets else 0.0,
-                "tags": src.tags(),
-                "shape": (src.height, src.width),
-            }
-            if src.crs is None:
-                raise InputError(f"{path}: probability raster has no CRS; re-run prediction on a georeferenced scene")
-            values = src.read(1, window=window)
-            info["shape"] = values.shape
-            return values, info
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read the probability raster ({exc}); re-run prediction") from exc
-
-
-def _to_probability(values: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-    return values.astype(np.float64) * info["scale"] + info["offset"]
-
-
-def invalid_mask(values: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-    """Nodata pixels (the raster's nodata value, and NaN for float rasters)."""
-    nodata = info["nodata"]
-    invalid = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-    if nodata is not None and not np.isnan(nodata):
-        invalid |= values == nodata
-    return invalid
-
-
-def positive_mask(values: np.ndarray, info: dict[str, Any], threshold: float) -> np.ndarray:
-    """``p >= threshold`` on valid pixels; integer rasters go through a lookup table, never a float copy."""
-    if values.dtype in (np.uint8, np.uint16):
-        codes = np.arange(np.iinfo(values.dtype).max + 1)
-        lut = (_to_probability(codes, info) >= threshold) & ~invalid_mask(codes.astype(values.dtype), info)
-        return lut[values]
-    return (_to_probability(values, info) >= threshold) & ~invalid_mask(values, info)
-
-
-def resolve_threshold(threshold: float | None, tags: dict[str, str], path: Path) -> float:
-    """Explicit threshold, else the raster's THRESHOLD tag, else 0.5."""
-    if threshold is None:
-        try:
-            threshold = float(tags.get("THRESHOLD", DEFAULT_THRESHOLD))
-        except ValueError:
-            raise InputError(f"{path}: THRESHOLD tag {tags['THRESHOLD']!r} is not a number; pass a threshold") from None
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"threshold {threshold} must be within [0, 1]")
-    return float(threshold)
-
-
 def _disk(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return xx * xx + yy * yy <= radius * radius
@@ -233,32 +199,18 @@ def _disk(radius: int) -> np.ndarray:
 
 def _read_quality(path: str | os.PathLike[str], info: dict[str, Any], prob_path: Path) -> np.ndarray:
     """The quality mask as an array on the probability raster's grid (InputError if it is on another grid)."""
-    try:
-        with rasterio.open(path) as src:
-            if src.crs != CRS.from_user_input(info["crs"]) or src.transform != info["transform"] or src.shape != tuple(info["shape"]):
-                raise InputError(
-                    f"{path}: quality mask is not on the grid of {prob_path} (CRS/transform/shape differ); "
-                    "use the mask fetched with this scene"
-                )
-            return src.read(1)
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read the quality mask ({exc}); re-fetch the scene") from None
+    with q.open_quality_mask(path, q.Grid(info["crs"], info["transform"], tuple(info["shape"])), prob_path) as src:
+        return np.asarray(src.read(1))
 
 
-def polygonize_scene(
+def run_polygonize(
+    params: PolygonizeParams,
     prob_path: str | os.PathLike[str],
     out_gpkg: str | os.PathLike[str],
     *,
-    threshold: float | None = None,
-    min_area_m2: float = 0,
-    opening_radius: int = 0,
-    simplify_tolerance: float | None = None,
-    attributes: dict[str, Any] | None = None,
     quality_mask: str | os.PathLike[str] | None = None,
-    permanent_water: str | os.PathLike[str] | None = None,
-    water_action: str = q.DEFAULT_WATER_ACTION,
-    water_max_share: float = q.DEFAULT_WATER_MAX_SHARE,
-    water_min_occurrence: float = q.DEFAULT_WATER_MIN_OCCURRENCE,
+    water: q.WaterParams | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> gpd.GeoDataFrame:
     """Vectorise the RTS detections of one probability raster into a GeoPackage layer ``rts``.
 
@@ -268,10 +220,7 @@ def polygonize_scene(
         prob_path: probability raster from :func:`pixeldino.predict.predict_scene` (any single-band raster whose
             band scale/offset turn values into probabilities works).
         out_gpkg: output GeoPackage (written atomically; layer ``rts`` in the raster CRS).
-        threshold: probability threshold; None takes the raster's THRESHOLD tag, else 0.5.
-        min_area_m2: objects whose polygon area is below this are dropped.
-        opening_radius: radius (pixels) of an optional binary opening with a disk before labelling; 0 = none.
-        simplify_tolerance: topology-preserving simplification tolerance in CRS units; None = half a pixel.
+        params: threshold, minimum area, opening and simplification (:class:`PolygonizeParams`).
         attributes: extra constant columns for every polygon (e.g. ``{"region": "Lena"}``).
         quality_mask: optional uint8 quality mask on the raster's grid (nonzero = invalid/cloud/shadow/snow/water,
             as written by :func:`pixeldino.fetch.fetch_scene`). It gives ``low_quality_fraction``: the share of the
@@ -279,13 +228,11 @@ def polygonize_scene(
             much of the slump's outline may be hidden; NaN without a mask. It also gives the share of the
             object's own pixels in each class the quality policy keeps (``water_fraction``,
             ``dark_area_fraction``, ``cirrus_fraction``; NaN without a mask).
-        permanent_water: optional permanent-water layer (vector file, or raster such as a water-occurrence map in
-            percent; see :func:`pixeldino.quality.permanent_water_grid`). ``permanent_water_fraction`` is the share
-            of the object's pixels inside it (NaN without a layer); ``in_permanent_water`` is True above
-            ``water_max_share``.
-        water_action: ``flag`` keeps polygons in permanent water (``in_permanent_water``); ``drop`` removes them.
-        water_max_share: share of an object's pixels in permanent water above which it counts as inside.
-        water_min_occurrence: raster layers: values >= this are permanent water.
+        water: the permanent-water layer (``water.file``: a vector file, or a raster such as a water-occurrence
+            map in percent; see :func:`pixeldino.quality.permanent_water_grid`) and its policy; None or no file:
+            none. ``permanent_water_fraction`` is the share of the object's pixels inside it (NaN without a
+            layer); ``in_permanent_water`` is True above ``water.max_share``; ``water.action`` ``drop`` removes
+            those polygons, ``flag`` keeps them.
 
     Returns:
         The written polygons (columns :data:`SCHEMA` + ``attributes``), geometry MultiPolygon.
@@ -293,13 +240,16 @@ def polygonize_scene(
         detections far from their scene edge).
     """
     prob_path = Path(prob_path)
-    if opening_radius < 0 or min_area_m2 < 0:
-        raise ConfigError(f"opening_radius ({opening_radius}) and min_area_m2 ({min_area_m2}) must not be negative")
+    policy = water or q.WaterParams()
     values, info = read_probability(prob_path)
-    thr = resolve_threshold(threshold, info["tags"], prob_path)
+    thr = resolve_threshold(params.threshold, info["tags"], prob_path)
     crs = CRS.from_user_input(info["crs"])
     transform = info["transform"]
-    tolerance = 0.5 * min(abs(transform.a), abs(transform.e)) if simplify_tolerance is None else simplify_tolerance
+    tolerance = (
+        0.5 * min(abs(transform.a), abs(transform.e))
+        if params.simplify_tolerance is None
+        else params.simplify_tolerance
+    )
     tags = info["tags"]
     constants = {
         "scene_id": tags.get("SCENE_ID"),
@@ -309,19 +259,16 @@ def polygonize_scene(
         "threshold": thr,
     }
 
-    if water_action not in q.WATER_ACTIONS:
-        raise ConfigError(f"quality.permanent_water.action {water_action!r} must be one of {list(q.WATER_ACTIONS)}")
-    if not 0.0 <= water_max_share <= 1.0:
-        raise ConfigError(f"quality.permanent_water.max_share {water_max_share} must be within [0, 1]")
     quality = _read_quality(quality_mask, info, prob_path) if quality_mask else None
-    water = (
-        q.permanent_water_grid(permanent_water, crs, transform, info["shape"], min_occurrence=water_min_occurrence)
-        if permanent_water else None
+    water_grid = (
+        q.permanent_water_grid(policy.file, crs, transform, info["shape"], min_occurrence=policy.min_occurrence)
+        if policy.file
+        else None
     )
     pixel_size = min(abs(transform.a), abs(transform.e))
     mask = positive_mask(values, info, thr)
-    if opening_radius:
-        mask = ndimage.binary_opening(mask, structure=_disk(opening_radius))
+    if params.opening_radius:
+        mask = ndimage.binary_opening(mask, structure=_disk(params.opening_radius))
     labels, n = ndimage.label(mask, structure=_EIGHT)
     del mask
     height, width = info["shape"]
@@ -345,10 +292,12 @@ def polygonize_scene(
             f"{name}_fraction": float((inside == q.CLASS_VALUES[name]).mean()) if inside is not None else np.nan
             for name in q.RECORDED_CLASSES
         }
-        water_share = float(water[r0:r1, c0:c1][obj].mean()) if water is not None else np.nan
+        water_share = float(water_grid[r0:r1, c0:c1][obj].mean()) if water_grid is not None else np.nan
         edge_px = min(sl[0].start, sl[1].start, height - sl[0].stop, width - sl[1].stop)
         window_transform = transform @ Affine.translation(c0, r0)
-        pieces = [shape(g) for g, _ in shapes(obj.astype(np.uint8), mask=obj, connectivity=4, transform=window_transform)]
+        pieces = [
+            shape(g) for g, _ in shapes(obj.astype(np.uint8), mask=obj, connectivity=4, transform=window_transform)
+        ]
         geom = shapely.union_all(pieces)
         if tolerance > 0:
             geom = shapely.simplify(geom, tolerance, preserve_topology=True)
@@ -356,9 +305,9 @@ def polygonize_scene(
         if geom.is_empty:
             continue
         area, perimeter = area_and_perimeter(geom, crs)
-        if area < min_area_m2:
+        if area < params.min_area_m2:
             continue
-        p = _to_probability(values[r0:r1, c0:c1][obj], info)
+        p = to_probability(values[r0:r1, c0:c1][obj], info)
         rows.append(
             {
                 "area_m2": area,
@@ -370,13 +319,13 @@ def polygonize_scene(
                 "low_quality_fraction": low_quality,
                 **kept,
                 "permanent_water_fraction": water_share,
-                "in_permanent_water": bool(water_share > water_max_share),  # NaN (no layer) compares False
+                "in_permanent_water": bool(water_share > policy.max_share),  # NaN (no layer) compares False
                 "edge_distance_m": edge_px * pixel_size,
             }
         )
         geoms.append(geom)
     del labels
-    if water_action == "drop" and rows:
+    if policy.action == "drop" and rows:
         keep = [not r["in_permanent_water"] for r in rows]
         rows = [r for r, k in zip(rows, keep) if k]
         geoms = [g for g, k in zip(geoms, keep) if k]

@@ -1,7 +1,7 @@
 """Where Sentinel-2 scenes come from: provider presets, asset signing, credentials and server capabilities.
 
-A provider is chosen in the config (``stac.provider``) and resolved here into an endpoint, a default collection
-and the few per-provider conventions the search and fetch need:
+A provider is chosen in the config section ``stac`` (:class:`StacParams`) and resolved here into an endpoint, a
+default collection and the few per-provider conventions the search and fetch need:
 
 ========================  ==============================================  ================================
 provider                  endpoint (default collection)                   reading the assets
@@ -24,15 +24,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pixeldino.errors import ConfigError
 
-#: The demo catalog the ``local`` provider reads when no catalog is given.
-DEMO_CATALOG = Path(__file__).resolve().parent.parent / "resources" / "demo" / "stac" / "catalog.json"
-
-PROVIDERS = ("local", "earth-search", "planetary-computer", "cdse", "custom")
+#: The provider names (``stac.provider``).
+ProviderName = Literal["local", "earth-search", "planetary-computer", "cdse", "custom"]
+PROVIDERS: tuple[str, ...] = get_args(ProviderName)
 
 #: Conformance classes that announce CQL2 filtering of item searches (STAC API Filter extension, OGC API Part 3).
 FILTER_CONFORMANCE = (
@@ -132,7 +130,7 @@ class Provider:
         return {"name": self.name, "catalog": self.catalog, "collection": self.collection}
 
 
-_PRESETS: dict[str, dict[str, Any]] = {
+_PRESETS: dict[ProviderName, dict[str, Any]] = {
     "earth-search": {
         "catalog": "https://earth-search.aws.element84.com/v1",
         "collection": "sentinel-2-l2a",
@@ -150,42 +148,66 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "credential_vars": CDSE_KEY_VARS[:1] + CDSE_SECRET_VARS[:1],
     },
 }
+#: The providers with a fixed endpoint (the others read ``stac.catalog``).
+PRESETS: tuple[ProviderName, ...] = tuple(_PRESETS)
 
 
-def infer_provider(catalog: str | os.PathLike[str] | None) -> str:
+@dataclass
+class StacParams:
+    """Where scenes come from: the config section ``stac``, resolved by :func:`resolve_provider`.
+
+    Credentials never go here: they are read from environment variables when the assets are read.
+
+    Attributes:
+        provider: ``local`` (the static catalog in ``catalog``), ``earth-search`` (Element 84 Earth Search v1,
+            no credentials), ``planetary-computer`` (Microsoft Planetary Computer, assets signed with SAS tokens),
+            ``cdse`` (Copernicus Data Space; S3 credentials from the environment variables CDSE_S3_ACCESS_KEY and
+            CDSE_S3_SECRET_KEY) or ``custom`` (the STAC API URL in ``catalog``); None infers it from ``catalog``:
+            ``custom`` for a URL, ``local`` for a path, ``earth-search`` without one.
+        catalog: the static catalog (``catalog.json`` or its folder, provider ``local``) or STAC API URL (provider
+            ``custom``); the presets ignore it.
+        collection: collection id; None takes the provider's default (sentinel-2-l2a for the presets, every
+            collection of a local catalog). sentinel-2-l1c gives top-of-atmosphere data without an SCL quality mask.
+    """
+
+    provider: ProviderName | None = None
+    catalog: str | None = None
+    collection: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider is not None and self.provider not in PROVIDERS:
+            raise ConfigError(f"stac.provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
+        if self.catalog is not None:
+            self.catalog = os.fspath(self.catalog)  # a Path from Python callers; configs hold strings
+
+
+def infer_provider(catalog: str | None) -> ProviderName:
     """The provider a bare catalog value implies: ``custom`` for a URL, ``local`` for a path, else Earth Search."""
     if catalog is None:
         return "earth-search"
-    return "custom" if str(catalog).startswith(("http://", "https://")) else "local"
+    return "custom" if catalog.startswith(("http://", "https://")) else "local"
 
 
-def resolve_provider(
-    name: str | None = None,
-    catalog: str | os.PathLike[str] | None = None,
-    collection: str | None = None,
-) -> Provider:
-    """Resolve a provider name plus optional overrides into a :class:`Provider`.
+def resolve_provider(stac: StacParams) -> Provider:
+    """Resolve the ``stac`` parameters into a :class:`Provider` (endpoint, collection, conventions).
 
-    Args:
-        name: one of :data:`PROVIDERS`; None infers it from ``catalog`` (:func:`infer_provider`).
-        catalog: ``local``: the static catalog (default: the demo); ``custom``: the STAC API URL (required).
-            Ignored by the presets, which have fixed endpoints.
-        collection: overrides the preset's default collection.
+    ``catalog`` is the static catalog (``local``) or the STAC API URL (``custom``); the presets have fixed
+    endpoints and ignore it. ``collection`` overrides the preset's default collection.
 
     Raises:
-        ConfigError: unknown provider, a ``custom`` provider without a URL or collection, a ``local`` provider
-            given a URL.
+        ConfigError: a ``local`` provider without a catalog or given a URL, a ``custom`` provider without a URL or
+            collection.
     """
-    name = name or infer_provider(catalog)
-    if name not in PROVIDERS:
-        raise ConfigError(f"stac.provider {name!r} is not one of {', '.join(PROVIDERS)}")
+    name = stac.provider or infer_provider(stac.catalog)
+    catalog, collection = stac.catalog, stac.collection
     if name == "local":
-        path = str(catalog) if catalog else str(DEMO_CATALOG)
-        if path.startswith(("http://", "https://")):
-            raise ConfigError(f"stac.catalog {path} is a URL; set stac.provider to 'custom' for a STAC API")
-        return Provider("local", path, collection)
+        if not catalog:
+            raise ConfigError("stac.provider 'local' needs stac.catalog: the path of a static STAC catalog.json")
+        if catalog.startswith(("http://", "https://")):
+            raise ConfigError(f"stac.catalog {catalog} is a URL; set stac.provider to 'custom' for a STAC API")
+        return Provider("local", catalog, collection)
     if name == "custom":
-        url = str(catalog) if catalog else ""
+        url = catalog or ""
         if not url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"stac.provider 'custom' needs stac.catalog to be a STAC API URL (got {url or 'nothing'}); "

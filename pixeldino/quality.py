@@ -28,7 +28,7 @@ blanking them (what pixeldino did before) cuts slumps apart exactly where they a
 Permanent water. A user layer of permanent water (a vector file, or a raster such as a water-occurrence map in
 percent, e.g. the JRC Global Surface Water ``occurrence`` layer) separates lakes and sea from wet slump floors:
 polygons with more than ``max_share`` of their pixels inside it are flagged (``in_permanent_water``) or dropped
-(:func:`permanent_water_grid`, used by :func:`pixeldino.polygonize.polygonize_scene`).
+(:func:`permanent_water_grid`, used by :func:`pixeldino.polygonize.run_polygonize`).
 
 The mask is a separate file rather than an extra band so that the scene stays a pure stack of reflectance bands
 (uint16, nodata 0, band descriptions = band ids) and the mask keeps its own dtype and nearest-neighbour overviews.
@@ -37,17 +37,34 @@ L1C products have no SCL: then no mask is written and the sidecar says so (``"qu
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from pixeldino.errors import ConfigError
+
+if TYPE_CHECKING:  # rasterio stays a lazy import: the CLI imports this module at start-up
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.io import DatasetReader
+
 CLEAR, INVALID, CLOUD, CLOUD_SHADOW, SNOW, WATER, DARK_AREA, CIRRUS = 0, 1, 2, 3, 4, 5, 6, 7
 SHADOW = CLOUD_SHADOW  # the name of value 3 before dark area got its own value
-CLASS_NAMES = {CLEAR: "clear", INVALID: "invalid", CLOUD: "cloud", CLOUD_SHADOW: "cloud_shadow", SNOW: "snow",
-               WATER: "water", DARK_AREA: "dark_area", CIRRUS: "cirrus"}
+CLASS_NAMES = {
+    CLEAR: "clear",
+    INVALID: "invalid",
+    CLOUD: "cloud",
+    CLOUD_SHADOW: "cloud_shadow",
+    SNOW: "snow",
+    WATER: "water",
+    DARK_AREA: "dark_area",
+    CIRRUS: "cirrus",
+}
 CLASS_VALUES = {name: value for value, name in CLASS_NAMES.items()}
 
 #: SCL class -> mask value (index = SCL value 0..11; unknown values count as invalid).
@@ -56,8 +73,10 @@ SCL_TO_MASK = np.array(
     dtype=np.uint8,
 )
 
+#: A mask class the policy may blank (every class but clear).
+NodataClass = Literal["invalid", "cloud", "cloud_shadow", "snow", "water", "dark_area", "cirrus"]
 #: Mask classes blanked (nodata) in the prediction unless ``quality.nodata_classes`` says otherwise.
-DEFAULT_NODATA_CLASSES: tuple[str, ...] = ("invalid", "cloud", "cloud_shadow", "snow")
+DEFAULT_NODATA_CLASSES: tuple[NodataClass, ...] = ("invalid", "cloud", "cloud_shadow", "snow")
 #: Kept classes whose share of each polygon's pixels is recorded (column ``<name>_fraction``).
 RECORDED_CLASSES: tuple[str, ...] = ("water", "dark_area", "cirrus")
 #: Permanent-water policy defaults: what happens to polygons mostly inside the layer, how much is "mostly", and
@@ -67,11 +86,66 @@ DEFAULT_WATER_ACTION = "flag"
 DEFAULT_WATER_MAX_SHARE = 0.5
 DEFAULT_WATER_MIN_OCCURRENCE = 50.0
 
+
+@dataclass
+class WaterParams:
+    """The permanent-water layer and what it does to polygons (config ``quality.permanent_water``).
+
+    Attributes:
+        file: permanent water: a vector file, or a raster such as a water-occurrence map in percent (JRC Global
+            Surface Water 'occurrence'); null: none. Polygons mostly inside it are flagged or dropped.
+        action: ``flag`` (keep, with in_permanent_water true) or ``drop``.
+        max_share: share of a polygon's pixels in permanent water above which it is inside.
+        min_occurrence: raster layers: values from this up are permanent water.
+    """
+
+    file: str | None = None
+    action: Literal["flag", "drop"] = DEFAULT_WATER_ACTION  # type: ignore[assignment]
+    max_share: float = field(default=DEFAULT_WATER_MAX_SHARE, metadata={"minimum": 0, "maximum": 1})
+    min_occurrence: float = DEFAULT_WATER_MIN_OCCURRENCE
+
+    def __post_init__(self) -> None:
+        if self.action not in WATER_ACTIONS:
+            raise ConfigError(
+                f"quality.permanent_water.action {self.action!r} is not one of {', '.join(WATER_ACTIONS)}"
+            )
+        if not 0.0 <= self.max_share <= 1.0:
+            raise ConfigError(f"quality.permanent_water.max_share {self.max_share} must be in [0, 1]")
+
+
+@dataclass
+class QualityParams:
+    """What the SCL quality mask does (config section ``quality``; see the module docs).
+
+    Attributes:
+        nodata_classes: mask classes blanked (nodata) in the prediction; every other class is predicted and its
+            share recorded per polygon (water_fraction, dark_area_fraction, cirrus_fraction).
+        permanent_water: the permanent-water layer and its policy.
+    """
+
+    nodata_classes: list[NodataClass] = field(
+        default_factory=lambda: list(DEFAULT_NODATA_CLASSES), metadata={"uniqueItems": True}
+    )
+    permanent_water: WaterParams = field(default_factory=WaterParams)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.nodata_classes) - set(CLASS_VALUES) | ({"clear"} & set(self.nodata_classes)))
+        if unknown:
+            raise ConfigError(
+                f"quality.nodata_classes: {unknown[0]!r} is not a mask class that can be blanked; "
+                f"choose from {', '.join(n for n in CLASS_VALUES if n != 'clear')}"
+            )
+
+
 #: Asset keys / band names that hold the SCL layer across providers (Earth Search, Planetary Computer, CDSE).
 SCL_ASSET_NAMES = ("scl", "SCL", "SCL_20m", "scl_20m")
 
 #: Suffix of the mask file next to a scene (``<scene>.tif`` -> ``<scene>_mask.tif``).
 MASK_SUFFIX = "_mask.tif"
+
+#: Two grids are the same when every pixel corner of one lies within this many pixels of the other's: the
+#: round-off of writing a transform, never a real shift.
+GRID_TOLERANCE_PX = 1e-6
 
 
 def scl_to_mask(scl: np.ndarray) -> np.ndarray:
@@ -96,9 +170,7 @@ def nodata_lookup(nodata_classes: Sequence[str] | None = None) -> np.ndarray:
     names = DEFAULT_NODATA_CLASSES if nodata_classes is None else tuple(nodata_classes)
     unknown = [n for n in names if n not in CLASS_VALUES]
     if unknown:
-        raise ConfigError(
-            f"quality.nodata_classes: unknown class(es) {unknown}; choose from {sorted(CLASS_VALUES)}"
-        )
+        raise ConfigError(f"quality.nodata_classes: unknown class(es) {unknown}; choose from {sorted(CLASS_VALUES)}")
     if "clear" in names:
         raise ConfigError("quality.nodata_classes: 'clear' cannot be nodata; remove it from the list")
     table = np.ones(256, dtype=bool)
@@ -121,27 +193,106 @@ def mask_path_for(scene_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + MASK_SUFFIX)
 
 
-def find_quality_mask(scene_path: str | os.PathLike[str]) -> Path | None:
-    """The quality mask of a fetched scene, or None when the scene has none (L1C, or fetched without SCL).
+def quality_mask_of(sidecar: str | os.PathLike[str]) -> Path | None:
+    """The quality mask a fetched scene's JSON sidecar names (``quality_mask``: a file name beside it, or null).
 
-    The scene's JSON sidecar is authoritative when it exists (``quality_mask``: file name or null); a mask file
-    next to a scene without a sidecar is used as is.
+    None when the sidecar names none (L1C, or fetched without SCL) or the file is gone.
     """
     import json
 
+    side = Path(sidecar)
+    try:
+        meta: dict[str, Any] = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    name = meta.get("quality_mask")
+    path = side.with_name(name) if name else None
+    return path if path is not None and path.exists() else None
+
+
+def find_quality_mask(scene_path: str | os.PathLike[str]) -> Path | None:
+    """The quality mask of a scene given on its own (``pixeldino predict SCENE``): what the JSON sidecar beside it
+    names (:func:`quality_mask_of`), else a ``<scene>_mask.tif`` beside a scene that has no sidecar.
+
+    The workflow passes the sidecar itself (:func:`quality_mask_of`); this is the CLI's convenience.
+    """
     scene = Path(scene_path)
     sidecar = scene.with_suffix(".json")
     if sidecar.exists():
-        try:
-            meta: dict[str, Any] = json.loads(sidecar.read_text())
-        except json.JSONDecodeError:
-            meta = {}
-        if "quality_mask" in meta:
-            name = meta["quality_mask"]
-            path = scene.with_name(name) if name else None
-            return path if path is not None and path.exists() else None
+        return quality_mask_of(sidecar)
     path = mask_path_for(scene)
     return path if path.exists() else None
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster's pixel grid: CRS, affine transform and ``(height, width)``."""
+
+    crs: CRS | None
+    transform: Affine
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, ds: DatasetReader) -> Grid:
+        """The grid of an open raster."""
+        return cls(ds.crs, ds.transform, (ds.height, ds.width))
+
+    def matches(self, other: Grid) -> bool:
+        """True when both grids have the same CRS and shape and their pixels coincide within
+        :data:`GRID_TOLERANCE_PX`."""
+        if self.crs != other.crs or tuple(self.shape) != tuple(other.shape):
+            return False
+        # the other grid's pixel coordinates in this grid's pixels: the identity when the grids coincide
+        relative = ~self.transform * other.transform
+        return bool(relative.almost_equals(type(relative).identity(), precision=GRID_TOLERANCE_PX))
+
+    def __str__(self) -> str:
+        """``EPSG:32608, 64x64 px, pixel size 10, origin (500000, 7700000)``: enough to see which part differs."""
+        t = self.transform
+        return (
+            f"{self.crs}, {self.shape[1]}x{self.shape[0]} px, pixel size {abs(t.a):g}, origin ({t.c:.10g}, {t.f:.10g})"
+        )
+
+
+@contextlib.contextmanager
+def open_quality_mask(
+    path: str | os.PathLike[str], grid: Grid, raster: str | os.PathLike[str]
+) -> Iterator[DatasetReader]:
+    """Open a quality mask after checking that it lies on the grid of the raster it qualifies.
+
+    Args:
+        path: the quality mask.
+        grid: the grid of the scene (or of a raster on the scene's grid, such as its probability map).
+        raster: that scene or raster, named in the errors.
+
+    Yields:
+        The open mask (closed on exit).
+
+    Raises:
+        InputError: the mask is missing, unreadable or on another grid.
+    """
+    import rasterio
+    import rasterio.errors
+
+    from pixeldino.errors import InputError
+
+    mask = Path(path)
+    if not mask.exists():
+        raise InputError(f"{mask}: quality mask not found; fetch the scene again or give the mask fetched with it")
+    try:
+        ds = rasterio.open(mask)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(
+            f"{mask}: cannot read the quality mask ({exc}); the file is corrupt: fetch the scene again"
+        ) from None
+    with ds:
+        mask_grid = Grid.of(ds)
+        if not grid.matches(mask_grid):
+            raise InputError(
+                f"{mask}: quality mask grid ({mask_grid}) is not on the grid of {raster} ({grid}); use the mask "
+                "fetched with this scene (`pixeldino fetch` writes both on one grid)"
+            )
+        yield ds
 
 
 def is_skipped(scene_path: str | os.PathLike[str]) -> bool:
@@ -158,8 +309,12 @@ def is_skipped(scene_path: str | os.PathLike[str]) -> bool:
 
 
 def permanent_water_grid(
-    path: str | os.PathLike[str], crs: Any, transform: Any, shape: tuple[int, int],
-    *, min_occurrence: float = DEFAULT_WATER_MIN_OCCURRENCE,
+    path: str | os.PathLike[str],
+    crs: Any,
+    transform: Any,
+    shape: tuple[int, int],
+    *,
+    min_occurrence: float = DEFAULT_WATER_MIN_OCCURRENCE,
 ) -> np.ndarray:
     """The permanent-water layer as a boolean array on a raster grid (pixel centres).
 
@@ -188,8 +343,15 @@ def permanent_water_grid(
             with rasterio.open(p) as src:
                 if src.crs is None:
                     raise InputError(f"{p}: permanent-water raster has no CRS; georeference it")
-                with WarpedVRT(src, crs=crs, transform=transform, width=shape[1], height=shape[0],
-                               resampling=Resampling.nearest, nodata=src.nodata) as vrt:
+                with WarpedVRT(
+                    src,
+                    crs=crs,
+                    transform=transform,
+                    width=shape[1],
+                    height=shape[0],
+                    resampling=Resampling.nearest,
+                    nodata=src.nodata,
+                ) as vrt:
                     values = vrt.read(1, masked=True)
         except RasterioIOError as exc:
             raise InputError(f"{p}: cannot read the permanent-water raster ({exc}); give a GeoTIFF") from None
@@ -206,7 +368,9 @@ def permanent_water_grid(
         west, south, east, north = transform_bounds(crs, layer_crs, bbox[0], bbox[1], bbox[2], bbox[3])
         gdf = pyogrio.read_dataframe(p, bbox=(west, south, east, north))
     except Exception as exc:  # pyogrio raises several types for unreadable files
-        raise InputError(f"{p}: cannot read the permanent-water layer ({exc}); give a vector file or a GeoTIFF") from None
+        raise InputError(
+            f"{p}: cannot read the permanent-water layer ({exc}); give a vector file or a GeoTIFF"
+        ) from None
     if gdf.crs is None:
         raise InputError(f"{p}: permanent-water layer has no CRS; set one (e.g. with ogr2ogr -a_srs)")
     geoms = [g for g in gdf.to_crs(crs).geometry if g is not None and not g.is_empty]

@@ -30,7 +30,9 @@ def setup_logging(log_file: str | os.PathLike[str] | None = None, verbose: bool 
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True
+    )
     logging.captureWarnings(True)
     for noisy in ("rasterio", "fiona", "pyogrio", "urllib3", "matplotlib", "PIL", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -116,47 +116,120 @@ class RegionStyle:
 REGIONS: dict[str, RegionStyle] = {
     # --- labelled (training) regions ----------------------------------------------------------------------
     "Banks_Island": RegionStyle(
-        "Banks_Island", veg_tint=(1.12, 1.1, 1.15, 1.05, 0.85, 0.8, 0.78), wet_share=0.3, texture_sigma=8.0,
-        texture_amp=0.07, relief_amp=0.2, sun_azimuth=170, gain=1.05, lake_fraction=0.03, snow_fraction=0.01,
-        bare_fraction=0.02, rts_per_km2=0.7, rts_tint=(1.05, 1.05, 1.05, 1.0, 1.0, 1.0, 1.0), rts_contrast=0.95,
-        band_gain=(1.01, 1.0, 1.0, 1.0, 0.99, 0.99, 0.98), phenology=0.95,
+        "Banks_Island",
+        veg_tint=(1.12, 1.1, 1.15, 1.05, 0.85, 0.8, 0.78),
+        wet_share=0.3,
+        texture_sigma=8.0,
+        texture_amp=0.07,
+        relief_amp=0.2,
+        sun_azimuth=170,
+        gain=1.05,
+        lake_fraction=0.03,
+        snow_fraction=0.01,
+        bare_fraction=0.02,
+        rts_per_km2=0.7,
+        rts_tint=(1.05, 1.05, 1.05, 1.0, 1.0, 1.0, 1.0),
+        rts_contrast=0.95,
+        band_gain=(1.01, 1.0, 1.0, 1.0, 0.99, 0.99, 0.98),
+        phenology=0.95,
     ),
     "Horton": RegionStyle(
-        "Horton", veg_tint=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0), wet_share=0.45, texture_sigma=6.0,
-        relief_amp=0.18, sun_azimuth=150, gain=1.0, lake_fraction=0.06, bare_fraction=0.015, rts_per_km2=0.8,
-        rts_contrast=0.9, water_tint=(1.1, 1.1, 1.15, 1.1, 1.0, 1.0, 1.0),
+        "Horton",
+        veg_tint=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
+        wet_share=0.45,
+        texture_sigma=6.0,
+        relief_amp=0.18,
+        sun_azimuth=150,
+        gain=1.0,
+        lake_fraction=0.06,
+        bare_fraction=0.015,
+        rts_per_km2=0.8,
+        rts_contrast=0.9,
+        water_tint=(1.1, 1.1, 1.15, 1.1, 1.0, 1.0, 1.0),
     ),
     "Tuktoyaktuk": RegionStyle(
-        "Tuktoyaktuk", veg_tint=(0.95, 0.98, 0.92, 1.0, 1.08, 1.1, 1.1), wet_share=0.65, texture_sigma=5.0,
-        relief_amp=0.1, sun_azimuth=185, gain=0.97, lake_fraction=0.16, lake_sigma=8.0, bare_fraction=0.01,
-        rts_per_km2=1.2, rts_tint=(1.0, 1.02, 1.05, 1.05, 1.0, 1.0, 1.0), rts_contrast=0.85,
-        band_gain=(0.99, 1.0, 1.0, 1.01, 1.01, 1.0, 1.0), phenology=1.0, water_tint=(1.2, 1.25, 1.3, 1.2, 1.0, 1.0, 1.0),
+        "Tuktoyaktuk",
+        veg_tint=(0.95, 0.98, 0.92, 1.0, 1.08, 1.1, 1.1),
+        wet_share=0.65,
+        texture_sigma=5.0,
+        relief_amp=0.1,
+        sun_azimuth=185,
+        gain=0.97,
+        lake_fraction=0.16,
+        lake_sigma=8.0,
+        bare_fraction=0.01,
+        rts_per_km2=1.2,
+        rts_tint=(1.0, 1.02, 1.05, 1.05, 1.0, 1.0, 1.0),
+        rts_contrast=0.85,
+        band_gain=(0.99, 1.0, 1.0, 1.01, 1.01, 1.0, 1.0),
+        phenology=1.0,
+        water_tint=(1.2, 1.25, 1.3, 1.2, 1.0, 1.0, 1.0),
     ),
     "Kolguev": RegionStyle(
-        "Kolguev", veg_tint=(1.05, 1.05, 1.08, 1.05, 0.95, 0.92, 0.92), wet_share=0.4, texture_sigma=7.0,
-        relief_amp=0.16, sun_azimuth=140, gain=1.02, haze=(40, 25, 10, 0, 0, 0, 0), lake_fraction=0.04,
-        bare_fraction=0.03, rts_per_km2=0.6, rts_tint=(1.1, 1.08, 1.02, 1.0, 0.98, 0.98, 0.98), rts_contrast=0.95,
-        band_gain=(1.02, 1.01, 1.0, 1.0, 1.0, 0.99, 0.99), phenology=0.9,
+        "Kolguev",
+        veg_tint=(1.05, 1.05, 1.08, 1.05, 0.95, 0.92, 0.92),
+        wet_share=0.4,
+        texture_sigma=7.0,
+        relief_amp=0.16,
+        sun_azimuth=140,
+        gain=1.02,
+        haze=(40, 25, 10, 0, 0, 0, 0),
+        lake_fraction=0.04,
+        bare_fraction=0.03,
+        rts_per_km2=0.6,
+        rts_tint=(1.1, 1.08, 1.02, 1.0, 0.98, 0.98, 0.98),
+        rts_contrast=0.95,
+        band_gain=(1.02, 1.01, 1.0, 1.0, 1.0, 0.99, 0.99),
+        phenology=0.9,
     ),
     # --- held-out (target) regions: other illumination, vegetation, texture and slump appearance ------------
     "Herschel": RegionStyle(
         # lush coastal tundra under a low, dim sun from the east; slumps partly revegetated and greener
-        "Herschel", veg_tint=(0.85, 0.95, 0.8, 0.95, 1.2, 1.25, 1.28), wet_share=0.55, texture_sigma=3.5,
-        texture_amp=0.12, relief_amp=0.3, sun_azimuth=95, gain=0.78, haze=(150, 100, 60, 30, 10, 0, 0),
-        lake_fraction=0.03, snow_fraction=0.04, bare_fraction=0.02, rts_per_km2=1.0,
-        rts_tint=(0.9, 1.0, 0.95, 1.05, 1.15, 1.2, 1.2), rts_contrast=0.7, rts_texture=0.18, headwall=0.5,
+        "Herschel",
+        veg_tint=(0.85, 0.95, 0.8, 0.95, 1.2, 1.25, 1.28),
+        wet_share=0.55,
+        texture_sigma=3.5,
+        texture_amp=0.12,
+        relief_amp=0.3,
+        sun_azimuth=95,
+        gain=0.78,
+        haze=(150, 100, 60, 30, 10, 0, 0),
+        lake_fraction=0.03,
+        snow_fraction=0.04,
+        bare_fraction=0.02,
+        rts_per_km2=1.0,
+        rts_tint=(0.9, 1.0, 0.95, 1.05, 1.15, 1.2, 1.2),
+        rts_contrast=0.7,
+        rts_texture=0.18,
+        headwall=0.5,
         # another sensor/atmosphere: visible bands darker, NIR brighter; turbid coastal lagoons
-        band_gain=(0.95, 0.96, 0.98, 1.0, 1.02, 1.04, 1.05), phenology=1.0,
+        band_gain=(0.95, 0.96, 0.98, 1.0, 1.02, 1.04, 1.05),
+        phenology=1.0,
         water_tint=(1.4, 1.5, 1.7, 1.6, 1.3, 1.2, 1.1),
     ),
     "Lena": RegionStyle(
         # brown, fine-grained polygonal tundra with many lakes, hazy bright sun; darker, browner slump floors
-        "Lena", veg_tint=(1.2, 1.12, 1.25, 1.1, 0.9, 0.85, 0.82), wet_share=0.35, texture_sigma=2.5,
-        texture_amp=0.14, relief_amp=0.12, sun_azimuth=210, gain=1.2, haze=(250, 180, 120, 60, 30, 20, 10),
-        lake_fraction=0.2, lake_sigma=6.0, snow_fraction=0.0, bare_fraction=0.04, rts_per_km2=1.0,
-        rts_tint=(0.9, 0.88, 0.95, 0.95, 0.92, 0.9, 0.9), rts_contrast=0.8, rts_texture=0.16, headwall=0.3,
+        "Lena",
+        veg_tint=(1.2, 1.12, 1.25, 1.1, 0.9, 0.85, 0.82),
+        wet_share=0.35,
+        texture_sigma=2.5,
+        texture_amp=0.14,
+        relief_amp=0.12,
+        sun_azimuth=210,
+        gain=1.2,
+        haze=(250, 180, 120, 60, 30, 20, 10),
+        lake_fraction=0.2,
+        lake_sigma=6.0,
+        snow_fraction=0.0,
+        bare_fraction=0.04,
+        rts_per_km2=1.0,
+        rts_tint=(0.9, 0.88, 0.95, 0.95, 0.92, 0.9, 0.9),
+        rts_contrast=0.8,
+        rts_texture=0.16,
+        headwall=0.3,
         # late season (senescent tundra), the opposite band tilt, dark clear thermokarst lakes
-        band_gain=(1.05, 1.04, 1.02, 1.0, 0.98, 0.96, 0.95), phenology=0.85,
+        band_gain=(1.05, 1.04, 1.02, 1.0, 0.98, 0.96, 0.95),
+        phenology=0.85,
         water_tint=(0.8, 0.8, 0.75, 0.8, 0.9, 0.9, 0.9),
     ),
 }
@@ -287,9 +360,7 @@ def _hillshade(z: np.ndarray, azimuth_deg: float, altitude_deg: float = 25.0) ->
     return np.tensordot(sun, normal, axes=1) / np.sin(alt)
 
 
-def _background(
-    rng: np.random.Generator, style: RegionStyle, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def _background(rng: np.random.Generator, style: RegionStyle, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Tundra reflectance (C, H, W) before illumination: dry/wet mosaic with texture, lakes, snow, bare patches."""
     veg = np.asarray(style.veg_tint)
     wet_field = _field(rng, shape, style.texture_sigma * 3)
@@ -405,7 +476,9 @@ def generate_scene(
     # illumination: terrain shading, regional gain, haze, sensor noise
     relief = _field(rng, shape, style.relief_sigma) * style.relief_sigma * 0.6
     shading = 1.0 + style.relief_amp * (_hillshade(relief, style.sun_azimuth) - 1.0)
-    img = img * (style.gain * np.clip(shading, 0.4, 1.6))[None] + np.asarray(style.haze, dtype=np.float64)[:, None, None]
+    img = (
+        img * (style.gain * np.clip(shading, 0.4, 1.6))[None] + np.asarray(style.haze, dtype=np.float64)[:, None, None]
+    )
     img = img * np.asarray(style.band_gain, dtype=np.float64)[:, None, None]
     img = img + rng.normal(0.0, style.noise, img.shape)
     image = np.clip(np.rint(img), 1, 65535).astype(np.uint16)  # 0 is nodata

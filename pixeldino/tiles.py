@@ -1,9 +1,16 @@
-"""Resolve an area of interest to Sentinel-2 MGRS tiles offline, from the tile grid shipped in ``resources/arctic``.
+"""Areas of interest and MGRS tiles: AOI values, tile ids, and which tiles an area covers (offline).
 
-The grid covers every tile that reaches 55°N or further north (see ``resources/arctic/README.md``). Intersections
-are computed in the AOI's own CRS when it is projected (e.g. the circumpolar domain in EPSG:3413), so polar areas
-that cross the antimeridian are handled without splitting; geographic AOIs are intersected in EPSG:4326, where
-the grid already splits antimeridian tiles into two parts.
+An area of interest (``search.aoi``) is a vector file (any CRS), a ``[west, south, east, north]`` bbox in degrees,
+or ``"circumpolar"`` for the shipped RTS mapping domain; :func:`load_aoi` turns one into an EPSG:4326 geometry and
+:func:`parse_aoi_text` reads it from a command-line string. A tile id is written ``08WMA`` (zone, latitude band,
+100 km square); :func:`normalise_tile` is the one parser of the spellings providers and users write.
+
+Areas resolve to tiles with the tile grid shipped as package data (``pixeldino/data``, provenance in
+``resources/arctic/README.md``). The grid covers every tile that reaches
+55°N or further north (see ``resources/arctic/README.md``). Intersections are computed in the AOI's own CRS when it
+is projected (e.g. the circumpolar domain in EPSG:3413), so polar areas that cross the antimeridian are handled
+without splitting; geographic AOIs are intersected in EPSG:4326, where the grid already splits antimeridian tiles
+into two parts.
 """
 
 from __future__ import annotations
@@ -11,19 +18,21 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import geopandas as gpd
 import shapely
 from pyproj import CRS
-from shapely.geometry import box
+from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from pixeldino.errors import ConfigError, InputError
 
-ARCTIC = Path(__file__).resolve().parent.parent / "resources" / "arctic"
+#: Package data (importlib.resources, so a non-editable install finds it too); provenance in resources/arctic/README.md.
+ARCTIC = Path(str(resources.files("pixeldino") / "data"))
 #: MGRS tile footprints north of 55°N (layer ``tiles``: ``tile``, ``land``), EPSG:4326.
 TILE_GRID = ARCTIC / "sentinel2_tiles_north_of_55.gpkg"
 #: The circumpolar RTS mapping domain (layer ``domain``), EPSG:3413.
@@ -31,7 +40,35 @@ CIRCUMPOLAR_DOMAIN = ARCTIC / "rts_circumpolar_north_domain.gpkg"
 #: The ``search.aoi`` value that selects the circumpolar domain.
 CIRCUMPOLAR = "circumpolar"
 
-_TILE_RE = re.compile(r"^(\d{2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+#: An area of interest as the library takes it (see :func:`load_aoi`).
+AoiValue: TypeAlias = str | os.PathLike[str] | BaseGeometry | Mapping[str, Any] | Sequence[float] | None
+
+# The MGRS grammar, in one place: UTM zone, latitude band (C-X without I and O), 100 km square (no I, O).
+_ZONE, _BAND, _SQUARE = r"\d{1,2}", r"[C-HJ-NP-X]", r"[A-HJ-NP-Z]{2}"
+#: A tile id as a config may write it (``08WMA`` or ``8WMA``): the JSON-schema ``pattern`` of tile lists.
+TILE_ID_PATTERN = f"^{_ZONE}{_BAND}{_SQUARE}$"
+# what providers and users write: optional ``MGRS-`` (Earth Search's grid:code) and ``T`` (ESA product names)
+_TILE_RE = re.compile(f"^(?:MGRS-)?T?({_ZONE})({_BAND})({_SQUARE})$")
+# a tile inside a product or item id, between separators: S2B_52WEE_20210721_0_L1C, S2B_MSIL2A_..._T08WMA_...
+_TILE_IN_TEXT_RE = re.compile(f"(?:^|[_-])T?({_ZONE}{_BAND}{_SQUARE})(?:[_-]|$)")
+
+
+def normalise_tile(tile: str) -> str:
+    """Return the 5-character MGRS tile id (``"T8WMA"``, ``"8wma"``, ``"MGRS-08WMA"`` -> ``"08WMA"``).
+
+    Raises:
+        ConfigError: ``tile`` is not an MGRS tile id.
+    """
+    m = _TILE_RE.match(str(tile).strip().upper())
+    if not m:
+        raise ConfigError(f"{tile!r} is not an MGRS tile id; write it like '08WMA' (zone, latitude band, square)")
+    return f"{int(m.group(1)):02d}{m.group(2)}{m.group(3)}"
+
+
+def find_tile(text: str) -> str | None:
+    """The MGRS tile named in a product or item id (``S2B_52WEE_20210721_0_L1C`` -> ``52WEE``), or None."""
+    m = _TILE_IN_TEXT_RE.search(str(text).upper())
+    return normalise_tile(m.group(1)) if m else None
 
 
 @functools.lru_cache(maxsize=2)
@@ -48,16 +85,19 @@ def load_tile_grid(land_only: bool = False) -> gpd.GeoDataFrame:
 def load_domain() -> gpd.GeoDataFrame:
     """The circumpolar RTS mapping domain (EPSG:3413)."""
     if not CIRCUMPOLAR_DOMAIN.exists():
-        raise InputError(f"domain {CIRCUMPOLAR_DOMAIN} not found; restore resources/arctic from the repository")
+        raise InputError(f"domain {CIRCUMPOLAR_DOMAIN} not found; reinstall pixeldino (it is package data)")
     return gpd.read_file(CIRCUMPOLAR_DOMAIN, layer="domain")
 
 
 def utm_crs_for_tile(tile: str) -> str:
     """The UTM CRS Sentinel-2 uses for an MGRS tile (``08WMA`` -> ``EPSG:32608``; bands C-M are south)."""
-    m = _TILE_RE.match(tile)
-    if not m:
+    try:
+        canonical = normalise_tile(tile) == tile
+    except ConfigError:
+        canonical = False
+    if not canonical:  # the grid, manifests and sidecars hold canonical ids only: anything else is a bug upstream
         raise ConfigError(f"{tile!r} is not a 5-character MGRS tile id such as '08WMA'")
-    zone, band = int(m.group(1)), m.group(2)
+    zone, band = int(tile[:2]), tile[2]
     return f"EPSG:{32600 + zone if band >= 'N' else 32700 + zone}"
 
 
@@ -84,7 +124,7 @@ def read_area(aoi: str | os.PathLike[str] | Sequence[float] | BaseGeometry) -> t
     """An AOI as (geometry, CRS): vector files keep their CRS; bboxes and shapely geometries are EPSG:4326."""
     if isinstance(aoi, BaseGeometry):
         return aoi, CRS.from_epsg(4326)
-    if isinstance(aoi, (list, tuple)):
+    if not isinstance(aoi, (str, os.PathLike)):
         return _bbox_geometry(aoi), CRS.from_epsg(4326)
     if str(aoi) == CIRCUMPOLAR:
         domain = load_domain()
@@ -136,6 +176,45 @@ def tiles_union(tiles: Sequence[str]) -> BaseGeometry | None:
     grid = load_tile_grid()
     parts = grid.geometry[grid["tile"].isin(list(tiles))]
     return shapely.union_all(parts.values) if len(parts) else None
+
+
+def parse_aoi_text(value: str) -> str | list[float]:
+    """An AOI given as text (a command-line option): ``W,S,E,N`` in degrees becomes a bbox, anything else (a vector
+    file, ``circumpolar``) stays as it is."""
+    parts = value.split(",")
+    if len(parts) == 4:
+        try:
+            return [float(v) for v in parts]
+        except ValueError:
+            pass  # a file name with three commas
+    return value
+
+
+def load_aoi(aoi: AoiValue) -> BaseGeometry | None:
+    """Return an area of interest as one shapely geometry in EPSG:4326.
+
+    Args:
+        aoi: a vector file (any CRS; all features are unioned), a ``[west, south, east, north]`` bbox in degrees,
+            a shapely geometry or GeoJSON-like mapping (both taken to be EPSG:4326), or None. The circumpolar
+            domain has no sensible EPSG:4326 outline (it wraps the pole): it gives None here and is used as a
+            tile list instead (:func:`domain_tiles`).
+
+    Raises:
+        InputError: the file is missing or unreadable, or the geometry is empty.
+        ConfigError: a malformed bbox.
+    """
+    if aoi is None or (isinstance(aoi, str) and aoi == CIRCUMPOLAR):
+        return None
+    if isinstance(aoi, BaseGeometry):
+        geom = aoi
+    elif isinstance(aoi, Mapping):
+        geom = shape(aoi.get("geometry", aoi))
+    else:
+        area, crs = read_area(aoi)
+        geom = gpd.GeoSeries([area], crs=crs).to_crs(4326).iloc[0] if not crs.equals("EPSG:4326") else area
+    if geom.is_empty:
+        raise InputError("the AOI geometry is empty; give a polygon that covers your study area")
+    return shapely.make_valid(geom)
 
 
 def describe_aoi(aoi: Any) -> str | None:

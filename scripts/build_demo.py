@@ -70,12 +70,20 @@ class Site:
 
 SITES = [
     Site(
-        "Peel", "peel", "S2_20210821T210019_20210821T210020_T08WMA.tif",
-        ("B02", "B03", "B04", "B05", "B06", "B07", "B08"), 2.0, "sentinel-2b",
+        "Peel",
+        "peel",
+        "S2_20210821T210019_20210821T210020_T08WMA.tif",
+        ("B02", "B03", "B04", "B05", "B06", "B07", "B08"),
+        2.0,
+        "sentinel-2b",
     ),
     Site(
-        "Bykovsky", "bykovsky", "S2_20210721T035541_20210721T035540_T52WEE.tif",
-        ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"), 5.0, "sentinel-2a",
+        "Bykovsky",
+        "bykovsky",
+        "S2_20210721T035541_20210721T035540_T52WEE.tif",
+        ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
+        5.0,
+        "sentinel-2a",
     ),
 ]
 
@@ -104,8 +112,17 @@ def _write_band_cog(data: np.ndarray, profile: dict, band: str, path: Path) -> N
     options["blocksize"] = 256
     with atomic_output(path) as tmp:
         with rasterio.open(
-            tmp, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16",
-            crs=profile["crs"], transform=profile["transform"], nodata=0, **options,
+            tmp,
+            "w",
+            driver="COG",
+            width=data.shape[1],
+            height=data.shape[0],
+            count=1,
+            dtype="uint16",
+            crs=profile["crs"],
+            transform=profile["transform"],
+            nodata=0,
+            **options,
         ) as dst:
             dst.write(data, 1)
             dst.set_band_description(1, band)
@@ -171,12 +188,21 @@ def build_item(site: Site, src_dir: Path, item_dir: Path) -> pystac.Item:
                 roles=["data", "reflectance"],
                 extra_fields={
                     "eo:bands": [
-                        {"name": band_id, "common_name": band.common_name,
-                         "center_wavelength": band.center_wavelength_um}
+                        {
+                            "name": band_id,
+                            "common_name": band.common_name,
+                            "center_wavelength": band.center_wavelength_um,
+                        }
                     ],
                     "raster:bands": [
-                        {"nodata": 0, "data_type": "uint16", "spatial_resolution": 10,
-                         "scale": 0.0001, "offset": 0, "unit": "1"}
+                        {
+                            "nodata": 0,
+                            "data_type": "uint16",
+                            "spatial_resolution": 10,
+                            "scale": 0.0001,
+                            "offset": 0,
+                            "unit": "1",
+                        }
                     ],
                     "proj:shape": [profile["height"], profile["width"]],
                     "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
@@ -209,10 +235,16 @@ def build_catalog(src_dir: Path, out: Path) -> list[pystac.Item]:
         license="other",
         title="pixeldino demo: Sentinel-2 L1C chips (Peel, Bykovsky)",
         providers=[
-            pystac.Provider("ESA / Copernicus", roles=[pystac.ProviderRole.PRODUCER, pystac.ProviderRole.LICENSOR],
-                            url="https://sentinels.copernicus.eu"),
-            pystac.Provider("RTS digitization experiment (I. Nitze et al.)", roles=[pystac.ProviderRole.PROCESSOR],
-                            url="https://github.com/initze/RTS_digitization_experiment"),
+            pystac.Provider(
+                "ESA / Copernicus",
+                roles=[pystac.ProviderRole.PRODUCER, pystac.ProviderRole.LICENSOR],
+                url="https://sentinels.copernicus.eu",
+            ),
+            pystac.Provider(
+                "RTS digitization experiment (I. Nitze et al.)",
+                roles=[pystac.ProviderRole.PROCESSOR],
+                url="https://github.com/initze/RTS_digitization_experiment",
+            ),
         ],
     )
     collection.add_items(items)
@@ -291,7 +323,8 @@ def build_labels(src_dir: Path, out: Path, aois: dict[str, gpd.GeoDataFrame]) ->
         polys = _polygonise(consensus, share, transform, crs, aoi.geometry.union_all())
         cons = gpd.GeoDataFrame(
             [{"id": i + 1, "site": site.key, "n_experts": len(experts), **p} for i, p in enumerate(polys)],
-            geometry="geometry", crs=crs,
+            geometry="geometry",
+            crs=crs,
         )
         with atomic_output(label_dir / f"{site.key}_consensus.gpkg") as tmp:
             cons.to_file(tmp, layer="rts", driver="GPKG")
@@ -332,20 +365,30 @@ def choose_holdout(out: Path, peel: dict) -> dict:
     for side, (a, b, c, d) in strips.items():
         rts = int(consensus[a:b, c:d].sum())
         area = int(inside[a:b, c:d].sum())
-        scores[side] = {"rts_pixels": rts, "aoi_pixels": area, "rts_share": rts / total_rts,
-                        "area_share": area / total_area}
+        scores[side] = {
+            "rts_pixels": rts,
+            "aoi_pixels": area,
+            "rts_share": rts / total_rts,
+            "area_share": area / total_area,
+        }
     best = min(scores, key=lambda s: abs(scores[s]["rts_share"] - scores[s]["area_share"]))
     a, b, c, d = strips[best]
     left, top = transform @ (c, a)
     right, bottom = transform @ (d, b)
     strip = gpd.GeoDataFrame(
         {"name": ["peel_holdout"], "side": [best], "width_px": [w]},
-        geometry=[box(left, bottom, right, top)], crs=peel["crs"],
+        geometry=[box(left, bottom, right, top)],
+        crs=peel["crs"],
     )
     with atomic_output(out / "aoi" / "peel_holdout.geojson") as tmp:
         strip.to_file(tmp, driver="GeoJSON", layer="peel_holdout")
-    return {"side": best, "bounds": [float(v) for v in (left, bottom, right, top)], "candidates": scores,
-            "rows": [int(a), int(b)], "cols": [int(c), int(d)]}
+    return {
+        "side": best,
+        "bounds": [float(v) for v in (left, bottom, right, top)],
+        "candidates": scores,
+        "rows": [int(a), int(b)],
+        "cols": [int(c), int(d)],
+    }
 
 
 README_TEMPLATE = """# pixeldino demo data
@@ -431,6 +474,7 @@ held-out Peel IoU.
 
 def write_readme(out: Path, items: list[pystac.Item], results: dict[str, dict], holdout: dict) -> None:
     """Write README.md with the numbers measured in this build."""
+
     def band_names(it: pystac.Item) -> str:
         return ", ".join(a.extra_fields["eo:bands"][0]["name"] for a in it.assets.values())
 
@@ -442,7 +486,8 @@ def write_readme(out: Path, items: list[pystac.Item], results: dict[str, dict], 
     agreement_rows = "\n".join(
         f"| {key} | {r['agreement']['n_experts']} | {r['agreement']['mean']:.2f} | "
         f"{r['agreement']['min']:.2f}-{r['agreement']['max']:.2f} | "
-        + ", ".join(f"{k} {v:.2f}" for k, v in r["agreement"]["per_expert"].items()) + " |"
+        + ", ".join(f"{k} {v:.2f}" for k, v in r["agreement"]["per_expert"].items())
+        + " |"
         for key, r in results.items()
     )
     hold_rows_table = "\n".join(
@@ -452,13 +497,18 @@ def write_readme(out: Path, items: list[pystac.Item], results: dict[str, dict], 
     text = README_TEMPLATE.format(
         item_rows=item_rows,
         cloud_note=", ".join(f"{it.properties['eo:cloud_cover']:g} ({it.id})" for it in items),
-        peel_k=peel["agreement"]["n_experts"], peel_n=int(np.ceil(0.5 * peel["agreement"]["n_experts"])),
-        byk_k=byk["agreement"]["n_experts"], byk_n=int(np.ceil(0.5 * byk["agreement"]["n_experts"])),
-        peel_px=peel["consensus_pixels"], peel_polys=peel["n_polygons"],
+        peel_k=peel["agreement"]["n_experts"],
+        peel_n=int(np.ceil(0.5 * peel["agreement"]["n_experts"])),
+        byk_k=byk["agreement"]["n_experts"],
+        byk_n=int(np.ceil(0.5 * byk["agreement"]["n_experts"])),
+        peel_px=peel["consensus_pixels"],
+        peel_polys=peel["n_polygons"],
         byk_zero=sum(v == 0 for v in byk["agreement"]["per_expert"].values()),
-        byk_px=byk["consensus_pixels"], byk_polys=byk["n_polygons"],
+        byk_px=byk["consensus_pixels"],
+        byk_polys=byk["n_polygons"],
         agreement_rows=agreement_rows,
-        hold_side=holdout["side"], hold_w=HOLDOUT_WIDTH_PX,
+        hold_side=holdout["side"],
+        hold_w=HOLDOUT_WIDTH_PX,
         hold_bounds=", ".join(f"{v:.0f}" for v in holdout["bounds"]),
         hold_rows=f"{holdout['rows'][0]}-{holdout['rows'][1] - 1}",
         hold_cols=f"{holdout['cols'][0]}-{holdout['cols'][1] - 1}",
@@ -474,14 +524,19 @@ def _dir_size(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", nargs="?", default=str(REPO / ".." / "shared" / "data" / "rts_digitization"),
-                        help="the rts_digitization folder (default: ../shared/data/rts_digitization)")
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default=str(REPO / ".." / "shared" / "data" / "rts_digitization"),
+        help="the rts_digitization folder (default: ../shared/data/rts_digitization)",
+    )
     parser.add_argument("--out", default=str(REPO / "resources" / "demo"), help="output folder")
     args = parser.parse_args(argv)
     src_dir, out = Path(args.source).resolve(), Path(args.out)
     if not (src_dir / "experts").is_dir():
-        print(f"error: {src_dir} is not the rts_digitization folder (no experts/ inside); pass its path",
-              file=sys.stderr)
+        print(
+            f"error: {src_dir} is not the rts_digitization folder (no experts/ inside); pass its path", file=sys.stderr
+        )
         return 2
     out.mkdir(parents=True, exist_ok=True)
 
@@ -498,10 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, res in results.items():
         ag = res["agreement"]
         per = " ".join(f"{k}={v:.2f}" for k, v in ag["per_expert"].items())
-        print(f"{key}: {ag['n_experts']} experts, consensus {res['consensus_pixels']} px in {res['n_polygons']} "
-              f"polygons; leave-one-out IoU mean {ag['mean']:.3f} ({ag['min']:.2f}-{ag['max']:.2f}): {per}")
-    print(f"holdout: {holdout['side']} strip, rows {holdout['rows']} cols {holdout['cols']}, "
-          f"bounds {holdout['bounds']}")
+        print(
+            f"{key}: {ag['n_experts']} experts, consensus {res['consensus_pixels']} px in {res['n_polygons']} "
+            f"polygons; leave-one-out IoU mean {ag['mean']:.3f} ({ag['min']:.2f}-{ag['max']:.2f}): {per}"
+        )
+    print(
+        f"holdout: {holdout['side']} strip, rows {holdout['rows']} cols {holdout['cols']}, bounds {holdout['bounds']}"
+    )
     for side, s in holdout["candidates"].items():
         print(f"  {side:5s}: {s['rts_pixels']:5d} RTS px ({s['rts_share']:.1%} of RTS, {s['area_share']:.1%} of area)")
     print(f"{out}: {_dir_size(out) / 1e6:.2f} MB")

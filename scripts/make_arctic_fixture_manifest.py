@@ -1,6 +1,6 @@
 """Write the Arctic dry-run fixture: a scene manifest with one plausible scene per land tile of the domain.
 
-The manifest has the structure `pixeldino search` writes (validated by `pixeldino.search.write_manifest`) but
+The manifest has the structure `pixeldino search` writes (validated by `pixeldino.manifest.write_manifest`) but
 invented scene ids and unreachable hrefs: it exists so that `snakemake -n --configfile config/arctic.yaml` can plan
 the whole Arctic without network access (tests/test_workflow_scale.py, benchmarks/dag_scale.py).
 
@@ -13,7 +13,7 @@ import argparse
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pixeldino.search import write_manifest
+from pixeldino.manifest import write_manifest
 from pixeldino.tiles import domain_tiles, tile_footprint, utm_crs_for_tile
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,8 +31,14 @@ def hull_footprints(labels: gpd.GeoDataFrame, by: str | None) -> gpd.GeoDataFram
     for key, part in groups:
         utm = part.estimate_utm_crs()
         hull = part.to_crs(utm).union_all().convex_hull.buffer(BUFFER_M)
-        rows.append({"group": str(key), "region": str(part["region"].iloc[0]) if "region" in part else "",
-                     "n_labels": len(part), "geometry": gpd.GeoSeries([hull], crs=utm).to_crs(4326).iloc[0]})
+        rows.append(
+            {
+                "group": str(key),
+                "region": str(part["region"].iloc[0]) if "region" in part else "",
+                "n_labels": len(part),
+                "geometry": gpd.GeoSeries([hull], crs=utm).to_crs(4326).iloc[0],
+            }
+        )
     return gpd.GeoDataFrame(rows, crs=4326)
 
 
@@ -52,8 +58,13 @@ def main() -> None:
     willow = gpd.read_file(args.labels / "huang2022_willow_river.gpkg")
     hull_footprints(willow, by=None).to_file(args.out / "huang2022_willow_river_footprint.gpkg", layer="footprint")
 
-    summary = pd.DataFrame({"footprints": [len(fp)], "holdout": [int(held.sum())],
-                            "area_km2": [round(fp.to_crs(3413).area.sum() / 1e6, 1)]})
+    summary = pd.DataFrame(
+        {
+            "footprints": [len(fp)],
+            "holdout": [int(held.sum())],
+            "area_km2": [round(fp.to_crs(3413).area.sum() / 1e6, 1)],
+        }
+    )
     print(summary.to_string(index=False))
 
 

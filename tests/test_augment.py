@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from pixeldino.augment import (
-    IGNORE,
     StrongAugmentConfig,
     adjust_brightness,
     adjust_contrast,
@@ -23,6 +22,7 @@ from pixeldino.augment import (
     strong_geometric,
     weak_augment,
 )
+from pixeldino.labels import IGNORE
 
 S = 32
 

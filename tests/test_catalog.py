@@ -10,12 +10,12 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+from test_change import YEARS, write_year
 
 from pixeldino.catalog import PROJECTION, RASTER, build_catalog, check_extension_fields, validate_catalog
-from pixeldino.change import change_map
+from pixeldino.change import ChangeParams, run_change
 from pixeldino.errors import InputError
-from pixeldino.merge import merge_polygons
-from test_change import YEARS, write_year
+from pixeldino.merge import MergeParams, run_merge
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +29,35 @@ def run(tmp_path_factory) -> dict[str, object]:
     with rasterio.open(mask, "w", **profile) as dst:
         dst.write(np.zeros((1, profile["height"], profile["width"]), np.uint8))
     side = json.loads(scenes[0].with_suffix(".json").read_text())
-    side.update(quality_mask=mask.name, stac_id="S2A_MSIL2A_20190715T200000_N0213_R000_T08WMA", collection="sentinel-2-l2a")
+    side.update(
+        quality_mask=mask.name, stac_id="S2A_MSIL2A_20190715T200000_N0213_R000_T08WMA", collection="sentinel-2-l2a"
+    )
     scenes[0].with_suffix(".json").write_text(json.dumps(side))
     probs = [p.with_name(p.stem + "_prob.tif") for p in scenes]
-    merge_polygons(list(polygons), tmp / "rts_polygons.gpkg", out_parquet=tmp / "rts_polygons.parquet")
-    change_map(list(polygons), tmp / "rts_change.gpkg", years=list(YEARS[:2]),
-               out_tracks_parquet=tmp / "rts_tracks.parquet", out_change_png=tmp / "change.png")
+    run_merge(MergeParams(), list(polygons), tmp / "rts_polygons.gpkg", tmp / "rts_polygons.parquet")
+    run_change(
+        ChangeParams(),
+        MergeParams(),
+        list(polygons),
+        tmp / "rts_change.gpkg",
+        years=list(YEARS[:2]),
+        out_tracks_parquet=tmp / "rts_tracks.parquet",
+        out_change_png=tmp / "change.png",
+    )
     out = tmp / "stac"
-    build_catalog(out, run="synthetic", sidecars=[s.with_suffix(".json") for s in scenes], probabilities=probs,
-                  polygons=list(polygons),
-                  merged={"gpkg": tmp / "rts_polygons.gpkg", "parquet": tmp / "rts_polygons.parquet"},
-                  change={"gpkg": tmp / "rts_change.gpkg", "tracks_parquet": tmp / "rts_tracks.parquet",
-                          "change_png": tmp / "change.png"})
+    build_catalog(
+        out,
+        run="synthetic",
+        sidecars=[s.with_suffix(".json") for s in scenes],
+        probabilities=probs,
+        polygons=list(polygons),
+        merged={"gpkg": tmp / "rts_polygons.gpkg", "parquet": tmp / "rts_polygons.parquet"},
+        change={
+            "gpkg": tmp / "rts_change.gpkg",
+            "tracks_parquet": tmp / "rts_tracks.parquet",
+            "change_png": tmp / "change.png",
+        },
+    )
     return {"tmp": tmp, "out": out, "scenes": scenes}
 
 

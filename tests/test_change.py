@@ -16,11 +16,12 @@ from scipy import ndimage
 from shapely import affinity
 from shapely.geometry import Point, box
 
-from pixeldino.change import change_map, track_slumps
+from pixeldino.change import ChangeParams, run_change, track_slumps
 from pixeldino.coregister import coregister_tile, phase_shift, scene_corrections
 from pixeldino.errors import InputError
 from pixeldino.io import TILED_GTIFF_PROFILE
-from pixeldino.polygonize import polygonize_scene
+from pixeldino.merge import MergeParams
+from pixeldino.polygonize import PolygonizeParams, run_polygonize
 
 X0, Y0, RES, SIZE = 600_000.0, 7_650_000.0, 10.0, 400
 GRID = Affine(RES, 0.0, X0, 0.0, -RES, Y0)
@@ -69,14 +70,27 @@ def write_year(tmp: Path, year: int) -> tuple[Path, Path]:
     # slow radiometric change between summers: phase correlation must not care
     moved = moved * (1 + 0.05 * (year - 2019)) + 40 * np.random.default_rng(year).normal(size=moved.shape)
     scene = tmp / f"{scene_id}.tif"
-    profile = dict(TILED_GTIFF_PROFILE, width=SIZE, height=SIZE, count=1, dtype="uint16", nodata=0,
-                   crs="EPSG:32608", transform=GRID, blockxsize=256, blockysize=256)
+    profile = dict(
+        TILED_GTIFF_PROFILE,
+        width=SIZE,
+        height=SIZE,
+        count=1,
+        dtype="uint16",
+        nodata=0,
+        crs="EPSG:32608",
+        transform=GRID,
+        blockxsize=256,
+        blockysize=256,
+    )
     with rasterio.open(scene, "w", **profile) as dst:
         dst.write(np.clip(moved, 1, 65535).astype(np.uint16), 1)
         dst.set_band_description(1, "B08")
     when = f"{year}-07-15T20:00:00Z"
-    scene.with_suffix(".json").write_text(json.dumps(
-        {"scene_id": scene_id, "tile": "08WMA", "datetime": when, "quality_mask": None, "clear_fraction": 1.0}))
+    scene.with_suffix(".json").write_text(
+        json.dumps(
+            {"scene_id": scene_id, "tile": "08WMA", "datetime": when, "quality_mask": None, "clear_fraction": 1.0}
+        )
+    )
     # the detections sit where the misregistered image shows them
     geoms = [affinity.translate(g, dx * RES, -dy * RES) for g in slumps(year).values()]
     dn = rasterize([(g, 230) for g in geoms], out_shape=(SIZE, SIZE), transform=GRID, fill=0, dtype="uint8")
@@ -86,7 +100,7 @@ def write_year(tmp: Path, year: int) -> tuple[Path, Path]:
         dst.scales = (1 / 254,)
         dst.update_tags(SCENE_ID=scene_id, TILE="08WMA", DATETIME=when, THRESHOLD="0.5", MODEL="synthetic")
     polygons = tmp / f"{scene_id}.gpkg"
-    polygonize_scene(prob, polygons)
+    run_polygonize(PolygonizeParams(min_area_m2=0), prob, polygons)
     return scene, polygons
 
 
@@ -96,9 +110,18 @@ def multi_year(tmp_path_factory) -> dict[str, object]:
     scenes, polygons = zip(*(write_year(tmp, y) for y in YEARS))
     coreg = coregister_tile(list(scenes), tmp / "coregistration" / "08WMA.json")
     out = tmp / "rts_change.gpkg"
-    tracks = change_map(list(polygons), out, years=list(YEARS), coregistration=[tmp / "coregistration" / "08WMA.json"],
-                        out_tracks_parquet=tmp / "tracks.parquet", out_years_parquet=tmp / "years.parquet",
-                        out_change_png=tmp / "change.png", out_growth_png=tmp / "growth.png")
+    tracks = run_change(
+        ChangeParams(),
+        MergeParams(),
+        list(polygons),
+        out,
+        years=list(YEARS),
+        coregistration=[tmp / "coregistration" / "08WMA.json"],
+        out_tracks_parquet=tmp / "tracks.parquet",
+        out_years_parquet=tmp / "years.parquet",
+        out_change_png=tmp / "change.png",
+        out_growth_png=tmp / "growth.png",
+    )
     return {"tmp": tmp, "scenes": scenes, "polygons": polygons, "coreg": coreg, "out": out, "tracks": tracks}
 
 
@@ -188,8 +211,14 @@ def test_outputs_layers_ids_and_parquet(multi_year) -> None:
 
 def test_track_ids_are_stable_when_a_later_year_is_added(multi_year) -> None:
     full = multi_year["tracks"]
-    two = change_map(list(multi_year["polygons"][:2]), multi_year["tmp"] / "two.gpkg", years=[2019, 2021],
-                     coregistration=[multi_year["tmp"] / "coregistration" / "08WMA.json"])
+    two = run_change(
+        ChangeParams(),
+        MergeParams(),
+        list(multi_year["polygons"][:2]),
+        multi_year["tmp"] / "two.gpkg",
+        years=[2019, 2021],
+        coregistration=[multi_year["tmp"] / "coregistration" / "08WMA.json"],
+    )
     assert set(two.track_id) <= set(full.track_id)
 
 
@@ -210,8 +239,11 @@ def test_tracking_links_a_slump_missed_for_one_year() -> None:
     crs = "EPSG:3413"
 
     def layer(geoms: list) -> gpd.GeoDataFrame:
-        return gpd.GeoDataFrame({"rts_id": [f"R{k}" for k in range(len(geoms))],
-                                 "area_m2": [g.area for g in geoms]}, geometry=geoms, crs=crs)
+        return gpd.GeoDataFrame(
+            {"rts_id": [f"R{k}" for k in range(len(geoms))], "area_m2": [g.area for g in geoms]},
+            geometry=geoms,
+            crs=crs,
+        )
 
     a = box(0, 0, 100, 100)
     tracks, years, links = track_slumps({2019: layer([a]), 2021: layer([]), 2023: layer([box(0, 0, 100, 130)])})

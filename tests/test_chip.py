@@ -1,4 +1,4 @@
-"""Tests for pixeldino.chip: sampling rules, masks, the zarr layout and ChipStore."""
+"""Tests for pixeldino.chip: sampling rules, masks, the zarr layout, ChipParams and ChipStore."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import rasterio
 from affine import Affine
 from shapely.geometry import box
 
-from pixeldino.chip import ChipStore, make_chips
-from pixeldino.errors import InputError
+from pixeldino.chip import ChipParams, run_chip
+from pixeldino.chipstore import ChipStore
+from pixeldino.errors import ConfigError, InputError
 from pixeldino.labels import IGNORE
+from pixeldino.params import field_docs
 
 BANDS = ["B02", "B03", "B04"]
 SIZE = 32
@@ -42,8 +44,21 @@ def scene_setup(tmp_path: Path) -> dict:
     data = rng.integers(100, 5000, (3, H, W), dtype=np.uint16)
     data[:, 100:, 100:] = 0  # nodata corner
     scene = tmp_path / "scene.tif"
-    with rasterio.open(scene, "w", driver="GTiff", width=W, height=H, count=3, dtype="uint16", crs=CRS,
-                       transform=TRANSFORM, nodata=0, tiled=True, blockxsize=64, blockysize=64) as dst:
+    with rasterio.open(
+        scene,
+        "w",
+        driver="GTiff",
+        width=W,
+        height=H,
+        count=3,
+        dtype="uint16",
+        crs=CRS,
+        transform=TRANSFORM,
+        nodata=0,
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+    ) as dst:
         dst.write(data)
         for i, b in enumerate(BANDS, start=1):
             dst.set_band_description(i, b)
@@ -54,18 +69,29 @@ def scene_setup(tmp_path: Path) -> dict:
     gpd.GeoDataFrame(geometry=[_box_px(0, 0, 120, 128)], crs=CRS).to_file(footprint)  # bottom 8 rows unlabelled
     holdout = tmp_path / "holdout.geojson"
     gpd.GeoDataFrame(geometry=[_box_px(0, 0, 128, 32)], crs=CRS).to_file(holdout)  # left 32 columns
-    return {"scene": scene, "labels": labels, "footprint": footprint, "holdout": holdout, "data": data,
-            "out": tmp_path / "chips" / "chips.zarr"}
+    return {
+        "scene": scene,
+        "labels": labels,
+        "footprint": footprint,
+        "holdout": holdout,
+        "data": data,
+        "out": tmp_path / "chips" / "chips.zarr",
+    }
+
+
+PARAM_NAMES = {"size", "n_labelled", "n_unlabelled", "positive_fraction", "seed"}
 
 
 def _make(setup: dict, **overrides) -> dict:
+    """run_chip on the fixture; ``overrides`` may set ChipParams fields and run_chip arguments alike."""
+    params = {"size": SIZE, "n_labelled": 20, "n_unlabelled": 10, "positive_fraction": 0.5, "seed": 7}
     kwargs = dict(
-        scenes=[setup["scene"]], bands=BANDS, out_path=setup["out"], labels=setup["labels"],
-        label_footprint=setup["footprint"], holdout=setup["holdout"], unlabelled_scenes=[setup["scene"]],
-        chip_size=SIZE, n_labelled=20, n_unlabelled=10, positive_fraction=0.5, seed=7,
-    )
-    kwargs.update(overrides)
-    return make_chips(**kwargs)
+        scenes=[setup["scene"]], bands=BANDS, out=setup["out"], labels=setup["labels"], footprint=setup["footprint"],
+        holdout=setup["holdout"], unlabelled_scenes=[setup["scene"]],
+    )  # fmt: skip
+    for key, value in overrides.items():
+        (params if key in PARAM_NAMES else kwargs)[key] = value
+    return run_chip(ChipParams(**params), **kwargs)
 
 
 def test_store_layout_masks_and_splits(scene_setup: dict) -> None:
@@ -133,15 +159,25 @@ def test_unlabelled_chips_skip_nodata(scene_setup: dict) -> None:
 
 
 def test_band_mismatch_names_scene_and_band(scene_setup: dict) -> None:
-    with pytest.raises(InputError, match=r"scene\.tif lacks band\(s\) B08"):
+    with pytest.raises(InputError, match=r"scene\.tif: lacks band\(s\) B08 \(it has B02, B03, B04\); fetch the scene"):
         _make(scene_setup, bands=["B02", "B08"])
     assert not scene_setup["out"].exists()
 
 
 def test_scene_in_another_utm_zone_is_not_labelled(scene_setup: dict, tmp_path: Path) -> None:
     far = tmp_path / "far_scene.tif"
-    with rasterio.open(far, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16", crs="EPSG:32652",
-                       transform=Affine(10.0, 0.0, 510_000.0, 0.0, -10.0, 7_976_000.0), nodata=0) as dst:
+    with rasterio.open(
+        far,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint16",
+        crs="EPSG:32652",
+        transform=Affine(10.0, 0.0, 510_000.0, 0.0, -10.0, 7_976_000.0),
+        nodata=0,
+    ) as dst:
         dst.write(np.full((3, 64, 64), 500, dtype=np.uint16))
         for i, b in enumerate(BANDS, start=1):
             dst.set_band_description(i, b)
@@ -162,13 +198,14 @@ def test_store_errors(tmp_path: Path, scene_setup: dict) -> None:
     far = tmp_path / "far.geojson"
     gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs=CRS).to_file(far)
     with pytest.raises(InputError, match="overlaps the label footprint"):
-        _make(scene_setup, label_footprint=far)
+        _make(scene_setup, footprint=far)
 
 
 def _write_mask(scene: Path, mask: np.ndarray) -> Path:
     path = scene.with_name(scene.stem + "_mask.tif")
-    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint8", crs=CRS,
-                       transform=TRANSFORM) as dst:
+    with rasterio.open(
+        path, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint8", crs=CRS, transform=TRANSFORM
+    ) as dst:
         dst.write(mask, 1)
     return path
 
@@ -191,20 +228,57 @@ def test_quality_mask_ignores_flagged_pixels_and_skips_bad_unlabelled_windows(sc
 
 def test_mask_on_another_grid_is_an_error(scene_setup: dict) -> None:
     path = scene_setup["scene"].with_name("scene_mask.tif")
-    with rasterio.open(path, "w", driver="GTiff", width=W // 2, height=H // 2, count=1, dtype="uint8", crs=CRS,
-                       transform=Affine(20.0, 0.0, X0, 0.0, -20.0, Y0)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=W // 2,
+        height=H // 2,
+        count=1,
+        dtype="uint8",
+        crs=CRS,
+        transform=Affine(20.0, 0.0, X0, 0.0, -20.0, Y0),
+    ) as dst:
         dst.write(np.zeros((H // 2, W // 2), np.uint8), 1)
-    with pytest.raises(InputError, match="not on the grid of scene"):
+    with pytest.raises(InputError, match=r"quality mask grid \(.*64x64 px.*\) is not on the grid of .*scene\.tif"):
         _make(scene_setup)
 
 
 def test_skipped_scene_is_left_out(scene_setup: dict, tmp_path: Path) -> None:
     far = tmp_path / "cloudy.tif"
-    with rasterio.open(far, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16", crs=CRS,
-                       transform=TRANSFORM, nodata=0) as dst:
+    with rasterio.open(
+        far, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16", crs=CRS, transform=TRANSFORM, nodata=0
+    ) as dst:
         dst.write(np.full((3, 64, 64), 700, dtype=np.uint16))
         for i, b in enumerate(BANDS, start=1):
             dst.set_band_description(i, b)
     far.with_suffix(".json").write_text(json.dumps({"skipped": True, "quality_mask": None}))
     stats = _make(scene_setup, unlabelled_scenes=[scene_setup["scene"], far])
     assert stats["scenes"]["unlabelled"] == [str(scene_setup["scene"])]
+
+
+def test_chip_params_defaults_bounds_and_docs() -> None:
+    params = ChipParams()
+    assert (params.size, params.n_labelled, params.n_unlabelled, params.positive_fraction, params.seed) == (
+        64,
+        96,
+        96,
+        0.5,
+        0,
+    )
+    with pytest.raises(ConfigError, match="chips.size must be a multiple of 16, got 40"):
+        ChipParams(size=40)
+    with pytest.raises(ConfigError, match="chips.size must be at least 16, got 0"):
+        ChipParams(size=0)
+    with pytest.raises(ConfigError, match="chips.positive_fraction must be at most 1, got 1.5"):
+        ChipParams(positive_fraction=1.5)
+    with pytest.raises(ConfigError, match="chips.n_unlabelled must be at least 0, got -1"):
+        ChipParams(n_unlabelled=-1)
+    # every field is documented in the Attributes section the CLI help and the config schema are derived from
+    assert set(field_docs(ChipParams)) == set(ChipParams.__dataclass_fields__)
+
+
+def test_stats_go_where_asked(scene_setup: dict, tmp_path: Path) -> None:
+    stats = _make(scene_setup, stats_out=tmp_path / "elsewhere" / "chip_stats.json")
+    assert json.loads((tmp_path / "elsewhere" / "chip_stats.json").read_text())["counts"] == stats["counts"]
+    assert not (scene_setup["out"].parent / "stats.json").exists()

@@ -48,8 +48,17 @@ def test_the_whole_chain_through_the_cli(tmp_path) -> None:
     """search -> fetch -> chip -> train -> predict -> polygonize -> merge -> evaluate, as a user would type it."""
     run = lambda *args: main([str(a) for a in args])  # noqa: E731
     manifest = tmp_path / "manifest.json"
-    run("search", "--catalog", DEMO / "stac/catalog.json", "--collection", "sentinel-2-l1c",
-        "--aoi", DEMO / "aoi/demo_aoi.gpkg", "--out", manifest)
+    run(
+        "search",
+        "--catalog",
+        DEMO / "stac/catalog.json",
+        "--collection",
+        "sentinel-2-l1c",
+        "--aoi",
+        DEMO / "aoi/demo_aoi.gpkg",
+        "--out",
+        manifest,
+    )
     scenes = {s["tile"]: s["id"] for s in json.loads(manifest.read_text())["scenes"]}
     assert set(scenes) == {"08WMA", "52WEE"}
 
@@ -58,18 +67,69 @@ def test_the_whole_chain_through_the_cli(tmp_path) -> None:
     with rasterio.open(peel) as src:
         assert src.count == 7 and src.descriptions[0] == "B02" and src.shape == (251, 251)
 
-    run("chip", "--scenes", peel, byk, "--labels", DEMO / "labels/peel_consensus.gpkg",
-        "--footprint", DEMO / "aoi/peel.geojson", "--holdout", DEMO / "aoi/peel_holdout.geojson",
-        "--unlabelled-scenes", byk, "--size", 32, "--n-labelled", 16, "--n-unlabelled", 16, "--out", tmp_path / "c.zarr")
-    run("train", "--chips", tmp_path / "c.zarr", "--out-dir", tmp_path / "model", "--mode", "pixeldino",
-        "--steps", 4, "--batch-labelled", 2, "--batch-unlabelled", 2, "--width", 4, "--depth", 2, "--val-every", 4,
-        "--ema-momentum", 0.9, "--threads", 1)
+    run(
+        "chip",
+        "--scenes",
+        peel,
+        byk,
+        "--labels",
+        DEMO / "labels/peel_consensus.gpkg",
+        "--footprint",
+        DEMO / "aoi/peel.geojson",
+        "--holdout",
+        DEMO / "aoi/peel_holdout.geojson",
+        "--unlabelled-scenes",
+        byk,
+        "--size",
+        32,
+        "--n-labelled",
+        16,
+        "--n-unlabelled",
+        16,
+        "--out",
+        tmp_path / "c.zarr",
+    )
+    run(
+        "train",
+        "--chips",
+        tmp_path / "c.zarr",
+        "--out-dir",
+        tmp_path / "model",
+        "--mode",
+        "pixeldino",
+        "--steps",
+        4,
+        "--batch-labelled",
+        2,
+        "--batch-unlabelled",
+        2,
+        "--width",
+        4,
+        "--depth",
+        2,
+        "--val-every",
+        4,
+        "--ema-momentum",
+        0.9,
+        "--threads",
+        1,
+    )
     model = tmp_path / "model" / "model.safetensors"
     meta = json.loads(model.with_suffix(".json").read_text())
     assert meta["bands"] == ["B02", "B03", "B04", "B05", "B06", "B07", "B08"] and meta["chip_size"] == 32
 
-    run("predict", peel, "--model", model, "--out", tmp_path / "prob.tif", "--pseudo-out", tmp_path / "pseudo.tif",
-        "--threads", 1)
+    run(
+        "predict",
+        peel,
+        "--model",
+        model,
+        "--out",
+        tmp_path / "prob.tif",
+        "--pseudo-out",
+        tmp_path / "pseudo.tif",
+        "--threads",
+        1,
+    )
     with rasterio.open(tmp_path / "prob.tif") as src, rasterio.open(tmp_path / "pseudo.tif") as pseudo:
         assert src.shape == (251, 251) and src.nodata == 255
         assert float(src.tags()["THRESHOLD"]) == pytest.approx(meta["threshold"])
@@ -91,8 +151,21 @@ def test_the_whole_chain_through_the_cli(tmp_path) -> None:
     assert len(merged) == 1 and merged.n_detections.iloc[0] == 2 and merged.crs.to_epsg() == 3413
     assert merged.scenes.iloc[0] == scenes["08WMA"] and merged.first_date.iloc[0] == "2021-08-21"
 
-    run("evaluate", "--prediction", tmp_path / "prob.tif", "--labels", DEMO / "labels/peel_consensus.gpkg",
-        "--aoi", DEMO / "aoi/peel.geojson", "--threshold", 0, "--site", "Peel", "--out", tmp_path / "m.json")
+    run(
+        "evaluate",
+        "--prediction",
+        tmp_path / "prob.tif",
+        "--labels",
+        DEMO / "labels/peel_consensus.gpkg",
+        "--aoi",
+        DEMO / "aoi/peel.geojson",
+        "--threshold",
+        0,
+        "--site",
+        "Peel",
+        "--out",
+        tmp_path / "m.json",
+    )
     pixel = json.loads((tmp_path / "m.json").read_text())["sites"]["Peel"]["pixel"]
     # everything predicted RTS: recall 1, IoU = precision = the consensus RTS fraction of the AOI (3,633 px)
     assert pixel["recall"] == 1.0

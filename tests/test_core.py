@@ -15,8 +15,17 @@ from pixeldino.normalise import compute_zscore_stats, normalise, validate_spec
 
 @pytest.mark.parametrize(
     ("alias", "expected"),
-    [("B02", "B02"), ("blue", "B02"), ("b2", "B02"), ("rededge1", "B05"), ("nir08", "B8A"), ("B8A", "B8A"),
-     ("B11_20m", "B11"), ("swir22", "B12"), ("nir", "B08")],
+    [
+        ("B02", "B02"),
+        ("blue", "B02"),
+        ("b2", "B02"),
+        ("rededge1", "B05"),
+        ("nir08", "B8A"),
+        ("B8A", "B8A"),
+        ("B11_20m", "B11"),
+        ("swir22", "B12"),
+        ("nir", "B08"),
+    ],
 )
 def test_canonical_band(alias: str, expected: str) -> None:
     assert canonical_band(alias) == expected

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-import yaml
+from test_predict import MODEL_BANDS, read, scene_data, write_scene
 
-from pixeldino import engines, predict
+from pixeldino import engines, patches, predict
 from pixeldino.engines import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    DEFAULT_PRECISION,
-    PRECISIONS,
     load_engine,
     resolve_engine,
     resolve_precision,
@@ -24,7 +20,6 @@ from pixeldino.engines import (
 from pixeldino.errors import ConfigError
 from pixeldino.model import UNetConfig, build_model
 from pixeldino.modelio import load_model, save_model
-from test_predict import MODEL_BANDS, read, scene_data, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 PATCH, BATCH = 64, 4
@@ -64,22 +59,28 @@ def trained_model(path: Path, norm: str, seed: int = 0) -> Path:
 def recorded_batches(scene: Path, model_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """The normalised batches predict_scene feeds the model (edge patches mirrored, nodata zeroed), via torch."""
     batches: list[np.ndarray] = []
-    original = predict._PatchPredictor.forward
+    original = patches.PatchPredictor.forward
 
     def recording_forward(self, x):  # noqa: ANN001, ANN202
         batches.append(x.copy())
         return original(self, x)
 
     with monkeypatch.context() as m:
-        m.setattr(predict._PatchPredictor, "forward", recording_forward)
-        predict.predict_scene(scene, model_path, out, chunk_size=64, batch_size=BATCH, device="cpu", backend="torch")
+        m.setattr(patches.PatchPredictor, "forward", recording_forward)
+        predict.predict_scene(
+            predict.PredictParams(chunk_size=64, batch_size=BATCH, device="cpu", backend="torch"),
+            scene,
+            model_path,
+            out,
+        )
     return batches
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("norm", ["layer", "batch", "group"])
-def test_exported_engine_agrees_with_torch_on_edge_patches(tmp_path: Path, backend: str, norm: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exported_engine_agrees_with_torch_on_edge_patches(
+    tmp_path: Path, backend: str, norm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _require(backend)
     _supported_norm(norm)
     model_path = trained_model(tmp_path / "model.safetensors", norm)
@@ -91,8 +92,16 @@ def test_exported_engine_agrees_with_torch_on_edge_patches(tmp_path: Path, backe
 
     model, _ = load_model(model_path)
     reference = engines.TorchEngine(model, torch.device("cpu"))
-    engine = load_engine(backend, model, torch.device("cpu"), model_path=model_path, model_id="m0", patch=PATCH,
-                         batch_size=BATCH, num_threads=1)
+    engine = load_engine(
+        backend,
+        model,
+        torch.device("cpu"),
+        model_path=model_path,
+        model_id="m0",
+        patch=PATCH,
+        batch_size=BATCH,
+        num_threads=1,
+    )
     worst_prob = worst_logit = 0.0
     for x in batches:
         xt = torch.from_numpy(x)
@@ -114,8 +123,13 @@ def test_scene_prediction_is_the_same_on_every_engine(tmp_path: Path, backend: s
     scene = write_scene(tmp_path / "scene.tif", scene_data())
     outputs = {}
     for name in ("torch", backend):
-        prob = predict.predict_scene(scene, model_path, tmp_path / f"{name}.tif", out_pseudo=tmp_path / f"{name}_q.tif",
-                                     chunk_size=64, batch_size=BATCH, tta=tta, device="cpu", backend=name)
+        prob = predict.predict_scene(
+            predict.PredictParams(chunk_size=64, batch_size=BATCH, tta=tta, device="cpu", backend=name),
+            scene,
+            model_path,
+            tmp_path / f"{name}.tif",
+            out_pseudo=tmp_path / f"{name}_q.tif",
+        )
         with rasterio.open(prob) as src:
             assert src.tags()["ENGINE"] == name
         outputs[name] = (read(prob).astype(int), read(tmp_path / f"{name}_q.tif"))
@@ -158,8 +172,9 @@ def test_openvino_ir_is_converted_once(tmp_path: Path, monkeypatch: pytest.Monke
     original = engines.convert_openvino
     monkeypatch.setattr(engines, "convert_openvino", lambda *a: conversions.append(a[1]) or original(*a))
     for _ in range(2):
-        load_engine("openvino", model, torch.device("cpu"), model_path=model_path, model_id="abc", patch=PATCH,
-                    batch_size=BATCH)
+        load_engine(
+            "openvino", model, torch.device("cpu"), model_path=model_path, model_id="abc", patch=PATCH, batch_size=BATCH
+        )
     assert len(conversions) == 1
     ir = tmp_path / "model.engines" / f"abc-3x{PATCH}x{PATCH}.openvino"
     assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"]
@@ -230,34 +245,32 @@ def test_bfloat16_on_cpu_stays_close(tmp_path: Path, backend: str) -> None:
     model, _ = load_model(model_path)
     x = torch.rand(BATCH, 3, PATCH, PATCH)
     want = torch.sigmoid(engines.TorchEngine(model, torch.device("cpu"))(x)[0])
-    engine = load_engine(backend, model, torch.device("cpu"), model_path=model_path, model_id="bf", patch=PATCH,
-                         batch_size=BATCH, precision="bfloat16")
+    engine = load_engine(
+        backend,
+        model,
+        torch.device("cpu"),
+        model_path=model_path,
+        model_id="bf",
+        patch=PATCH,
+        batch_size=BATCH,
+        precision="bfloat16",
+    )
     got = torch.sigmoid(engine(x)[0])
     assert float((got - want).abs().max()) < 5e-2
 
 
-def test_backend_and_precision_have_one_default_in_library_schema_and_cli() -> None:
-    from pixeldino.cli import build_parser
-
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    props = schema["properties"]["predict"]["properties"]
-    assert tuple(props["backend"]["enum"]) == BACKENDS and props["backend"]["default"] == DEFAULT_BACKEND
-    assert tuple(props["precision"]["enum"]) == PRECISIONS and props["precision"]["default"] == DEFAULT_PRECISION
-    args = build_parser().parse_args(["predict", "s.tif", "--model", "m.safetensors", "--out", "p.tif"])
-    assert (args.backend, args.precision) == (DEFAULT_BACKEND, DEFAULT_PRECISION)
-    assert build_parser().parse_args(["predict", "s.tif", "--model", "m", "--out", "p", "--backend", "torch"]).backend == "torch"
-
-
 def test_all_nodata_scene_is_never_forwarded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     forwarded: list[int] = []
-    original = predict._PatchPredictor.forward
+    original = patches.PatchPredictor.forward
 
     def counting_forward(self, x):  # noqa: ANN001, ANN202
         forwarded.append(len(x))
         return original(self, x)
 
-    monkeypatch.setattr(predict._PatchPredictor, "forward", counting_forward)
+    monkeypatch.setattr(patches.PatchPredictor, "forward", counting_forward)
     model_path = trained_model(tmp_path / "model.safetensors", "batch")
     empty = write_scene(tmp_path / "empty.tif", np.zeros_like(scene_data()))
-    out = predict.predict_scene(empty, model_path, tmp_path / "p.tif", chunk_size=64, device="cpu", backend="torch")
+    out = predict.predict_scene(
+        predict.PredictParams(chunk_size=64, device="cpu", backend="torch"), empty, model_path, tmp_path / "p.tif"
+    )
     assert forwarded == [] and np.all(read(out) == 255)

@@ -26,8 +26,16 @@ def pixel_box(r0: int, c0: int, r1: int, c1: int):
 
 
 def write_prob(path: Path, dn: np.ndarray, threshold: str = "0.5") -> Path:
-    profile = dict(TILED_GTIFF_PROFILE, width=dn.shape[1], height=dn.shape[0], count=1, dtype="uint8", nodata=255,
-                   crs="EPSG:32608", transform=GRID)
+    profile = dict(
+        TILED_GTIFF_PROFILE,
+        width=dn.shape[1],
+        height=dn.shape[0],
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs="EPSG:32608",
+        transform=GRID,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(dn, 1)
         dst.scales = (1 / 254,)
@@ -108,13 +116,29 @@ def test_quicklook_and_multi_site_summary(tmp_path: Path) -> None:
     dn[10:20, 15:25] = 200
     prob = write_prob(tmp_path / "p.tif", dn, threshold="0.3")
     image = tmp_path / "scene.tif"
-    with rasterio.open(image, "w", driver="GTiff", width=80, height=60, count=4, dtype="uint16", nodata=0,
-                       crs="EPSG:32608", transform=GRID) as dst:
+    with rasterio.open(
+        image,
+        "w",
+        driver="GTiff",
+        width=80,
+        height=60,
+        count=4,
+        dtype="uint16",
+        nodata=0,
+        crs="EPSG:32608",
+        transform=GRID,
+    ) as dst:
         dst.write(np.random.default_rng(0).integers(200, 3000, (4, 60, 80)).astype(np.uint16))
         dst.descriptions = ("B02", "B03", "B04", "B08")
     labels = write_polygons(tmp_path / "l.gpkg", [pixel_box(10, 10, 20, 20)])
     sites = [
-        {"prob_path": prob, "labels_path": labels, "site": "a", "image_path": image, "quicklook_png": tmp_path / "a.png"},
+        {
+            "prob_path": prob,
+            "labels_path": labels,
+            "site": "a",
+            "image_path": image,
+            "quicklook_png": tmp_path / "a.png",
+        },
         {"prob_path": prob, "labels_path": labels, "site": "b", "threshold": 0.9, "quicklook_png": tmp_path / "b.png"},
     ]
     doc = evaluate_sites(sites, tmp_path / "metrics.json")

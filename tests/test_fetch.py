@@ -1,4 +1,4 @@
-"""Tests for pixeldino.fetch: stacking band files into one 10 m COG."""
+"""Tests for pixeldino.fetch (and its helpers): stacking band files into one 10 m COG, resume, composites."""
 
 from __future__ import annotations
 
@@ -11,22 +11,49 @@ import rasterio
 from affine import Affine
 from shapely.geometry import box
 
-from pixeldino.errors import InputError
-from pixeldino.fetch import fetch_scene
-from pixeldino.search import search_scenes
+from pixeldino.composite import composite_scenes
+from pixeldino.errors import ConfigError, InputError
+from pixeldino.fetch import FetchParams, fetch_manifest, fetch_scene, run_fetch
+from pixeldino.harmonize import harmonization_offset, harmonize_dn
+from pixeldino.manifest import write_manifest
+from pixeldino.providers import StacParams
+from pixeldino.quality import CLEAR, CLOUD, INVALID, SNOW, WATER, find_quality_mask, is_skipped
+from pixeldino.search import SearchParams, search_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "resources" / "demo" / "stac" / "catalog.json"
-SOURCE_CHIP = REPO.parent / "shared" / "data" / "rts_digitization" / "Peel" / "data" / (
-    "S2_20210821T210019_20210821T210020_T08WMA.tif"
+SOURCE_CHIP = (
+    REPO.parent
+    / "shared"
+    / "data"
+    / "rts_digitization"
+    / "Peel"
+    / "data"
+    / ("S2_20210821T210019_20210821T210020_T08WMA.tif")
 )
 PEEL_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08"]
 needs_demo = pytest.mark.skipif(not CATALOG.exists(), reason="resources/demo is not built")
 
 
+def demo_scene(tile: str, bands: list[str]) -> dict:
+    """The demo catalog's scene of ``tile``, as the search writes it into the manifest."""
+    manifest = search_scenes(SearchParams(tiles=[tile]), StacParams(catalog=str(CATALOG)), bands=bands)
+    return manifest["scenes"][0]
+
+
 def _write_band(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:32608") -> str:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype="uint16", crs=crs, transform=transform, nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype="uint16",
+        crs=crs,
+        transform=transform,
+        nodata=0,
+    ) as dst:
         dst.write(data, 1)
     return str(path)
 
@@ -59,7 +86,7 @@ def synthetic_scene(tmp_path: Path) -> dict:
 
 @needs_demo
 def test_fetch_demo_is_pixel_identical(tmp_path: Path) -> None:
-    scene = search_scenes(CATALOG, tiles=["08WMA"], bands=PEEL_BANDS)["scenes"][0]
+    scene = demo_scene("08WMA", PEEL_BANDS)
     out = fetch_scene(scene, PEEL_BANDS, tmp_path / "peel.tif")
     with rasterio.open(out) as ds:
         assert ds.count == 7 and ds.dtypes[0] == "uint16" and ds.nodata == 0
@@ -82,10 +109,10 @@ def test_fetch_demo_is_pixel_identical(tmp_path: Path) -> None:
 
 @needs_demo
 def test_fetch_demo_cut_to_aoi(tmp_path: Path) -> None:
-    scene = search_scenes(CATALOG, tiles=["08WMA"], bands=["B04"])["scenes"][0]
+    scene = demo_scene("08WMA", ["B04"])
     # a 4326 box inside the chip; the output is its bounding box snapped outward to the 10 m grid
     aoi = box(-135.68, 68.045, -135.66, 68.055)
-    out = fetch_scene(scene, ["B04"], tmp_path / "cut.tif", aoi=aoi)
+    out = fetch_scene(scene, ["B04"], tmp_path / "cut.tif", FetchParams(clip_to_aoi=True), aoi=aoi)
     with rasterio.open(out) as ds, rasterio.open(scene["assets"]["B04"]) as src:
         assert ds.shape[0] < 251 and ds.shape[1] < 251
         col = (ds.transform.c - src.transform.c) / 10.0
@@ -137,9 +164,22 @@ def test_truncated_file_fails_during_read_and_leaves_nothing(tmp_path: Path, syn
     out_dir.mkdir()
     path = Path(synthetic_scene["assets"]["B04"])
     big = np.random.default_rng(0).integers(1, 10000, (512, 512), dtype=np.uint16)
-    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=1, dtype="uint16",
-                       crs="EPSG:32608", transform=Affine(10, 0, 500_000, 0, -10, 7_500_400), nodata=0,
-                       tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=512,
+        height=512,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32608",
+        transform=Affine(10, 0, 500_000, 0, -10, 7_500_400),
+        nodata=0,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    ) as dst:
         dst.write(big, 1)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # header intact, tiles cut off
@@ -152,22 +192,26 @@ def test_truncated_file_fails_during_read_and_leaves_nothing(tmp_path: Path, syn
 def test_multi_site_aoi_keeps_the_part_near_the_scene(tmp_path: Path) -> None:
     # demo_aoi.gpkg holds Peel (Canada) and Bykovsky (Siberia); the Siberian part must not disturb Peel's grid
     aoi = REPO / "resources" / "demo" / "aoi" / "demo_aoi.gpkg"
-    scene = search_scenes(CATALOG, tiles=["08WMA"], bands=["B04"])["scenes"][0]
-    out = fetch_scene(scene, ["B04"], tmp_path / "peel.tif", aoi=aoi)
+    scene = demo_scene("08WMA", ["B04"])
+    out = fetch_scene(scene, ["B04"], tmp_path / "peel.tif", FetchParams(clip_to_aoi=True), aoi=aoi)
     with rasterio.open(out) as ds:
         # the 2.5 km AOI starts 1.9 m inside the chip's first pixel: snapped outward, the whole chip is kept
         assert ds.shape == (251, 251) and ds.transform.c == 470890.0
     with pytest.raises(InputError, match="does not overlap scene S2_08WMA_20210821"):
-        fetch_scene(scene, ["B04"], tmp_path / "none.tif", aoi=box(10, 50, 11, 51))
+        fetch_scene(scene, ["B04"], tmp_path / "none.tif", FetchParams(clip_to_aoi=True), aoi=box(10, 50, 11, 51))
 
 
 # ------------------------------------------------------------------ L2A: harmonisation, SCL mask, skipped scenes
-from pixeldino.fetch import composite_scenes, fetch_manifest, harmonization_offset, harmonize_dn  # noqa: E402
-from pixeldino.quality import CLEAR, CLOUD, INVALID, SNOW, WATER, find_quality_mask, is_skipped  # noqa: E402
 
 
-def _l2a_scene(tmp_path: Path, name: str = "L2A", *, scl_value: int | None = None, b04_value: int | None = None,
-               baseline: str = "05.09") -> dict:
+def _l2a_scene(
+    tmp_path: Path,
+    name: str = "L2A",
+    *,
+    scl_value: int | None = None,
+    b04_value: int | None = None,
+    baseline: str = "05.09",
+) -> dict:
     """A 40 x 40 px (10 m) L2A-like scene: B04 with the +1000 DN offset, and a 20 m SCL with four classes."""
     t10 = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 7_500_400.0)
     t20 = Affine(20.0, 0.0, 500_000.0, 0.0, -20.0, 7_500_400.0)
@@ -183,23 +227,39 @@ def _l2a_scene(tmp_path: Path, name: str = "L2A", *, scl_value: int | None = Non
         scl[:] = scl_value
     folder = tmp_path / name
     folder.mkdir()
-    with rasterio.open(folder / "SCL.tif", "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8",
-                       crs="EPSG:32608", transform=t20, nodata=0) as dst:
+    with rasterio.open(
+        folder / "SCL.tif",
+        "w",
+        driver="GTiff",
+        width=20,
+        height=20,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32608",
+        transform=t20,
+        nodata=0,
+    ) as dst:
         dst.write(scl, 1)
     return {
-        "id": f"S2_08WMA_{name}", "tile": "08WMA", "datetime": "2023-07-01T21:00:00+00:00", "crs": "EPSG:32608",
-        "processing_baseline": baseline, "product_level": "L2A", "boa_offset_applied": None,
-        "assets": {"B04": _write_band(folder / "B04.tif", b04, t10)}, "mask_asset": str(folder / "SCL.tif"),
+        "id": f"S2_08WMA_{name}",
+        "tile": "08WMA",
+        "datetime": "2023-07-01T21:00:00+00:00",
+        "crs": "EPSG:32608",
+        "processing_baseline": baseline,
+        "product_level": "L2A",
+        "boa_offset_applied": None,
+        "assets": {"B04": _write_band(folder / "B04.tif", b04, t10)},
+        "mask_asset": str(folder / "SCL.tif"),
     }
 
 
 def test_harmonization_offset_rules() -> None:
-    assert harmonization_offset({"processing_baseline": "04.00"}) == (-1000, "processing baseline 04.00 >= 04.00")
-    assert harmonization_offset({"processing_baseline": "03.01"})[0] == 0
+    assert harmonization_offset({"processing_baseline": "04.00"}, True) == (-1000, "processing baseline 04.00 >= 04.00")
+    assert harmonization_offset({"processing_baseline": "03.01"}, True)[0] == 0
     assert harmonization_offset({"processing_baseline": "05.09"}, harmonize=False)[0] == 0
-    assert harmonization_offset({"processing_baseline": "05.09", "boa_offset_applied": True})[0] == 0
-    assert harmonization_offset({"datetime": "2022-01-25T10:00:00Z"})[0] == -1000
-    assert harmonization_offset({"datetime": "2021-08-21T21:00:19+00:00"})[0] == 0
+    assert harmonization_offset({"processing_baseline": "05.09", "boa_offset_applied": True}, True)[0] == 0
+    assert harmonization_offset({"datetime": "2022-01-25T10:00:00Z"}, True)[0] == -1000
+    assert harmonization_offset({"datetime": "2021-08-21T21:00:19+00:00"}, True)[0] == 0
     out = harmonize_dn(np.array([0, 1, 999, 1000, 1001, 65535], dtype=np.uint16), -1000)
     assert out.tolist() == [0, 1, 1, 1, 1, 64535]
 
@@ -225,7 +285,7 @@ def test_l2a_fetch_harmonises_and_writes_quality_mask(tmp_path: Path) -> None:
     assert side["skipped"] is False and side["clear_fraction"] == pytest.approx(0.25 - 1 / 1600)
     assert side["quality_fractions"]["cloud"] == pytest.approx(0.25)
     # without harmonisation the DN stay as delivered, and no mask when not asked for
-    raw = fetch_scene(scene, ["B04"], tmp_path / "raw" / "scene.tif", harmonize=False, quality_mask=False)
+    raw = fetch_scene(scene, ["B04"], tmp_path / "raw" / "scene.tif", FetchParams(harmonize=False, quality_mask=False))
     with rasterio.open(raw) as ds:
         assert ds.read(1)[5, 5] == 1500
     assert find_quality_mask(raw) is None
@@ -234,19 +294,23 @@ def test_l2a_fetch_harmonises_and_writes_quality_mask(tmp_path: Path) -> None:
 
 @needs_demo
 def test_l1c_demo_has_no_mask_and_says_so(tmp_path: Path) -> None:
-    scene = search_scenes(CATALOG, tiles=["08WMA"], bands=["B04"])["scenes"][0]
+    scene = demo_scene("08WMA", ["B04"])
     out = fetch_scene(scene, ["B04"], tmp_path / "peel.tif")
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["quality_mask"] is None and side["quality_mask_note"] == "no SCL asset (L1C)"
     assert side["offset_applied"] == 0 and not (tmp_path / "peel_mask.tif").exists()
 
 
-@pytest.mark.parametrize(("kwargs", "reason"), [
-    ({"scl_value": 9}, "no clear pixel"),
-    ({"b04_value": 0}, "no valid pixel"),
-])
-def test_all_cloud_or_all_nodata_scene_is_written_but_skipped(tmp_path: Path, kwargs: dict, reason: str,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"scl_value": 9}, "no clear pixel"),
+        ({"b04_value": 0}, "no valid pixel"),
+    ],
+)
+def test_all_cloud_or_all_nodata_scene_is_written_but_skipped(
+    tmp_path: Path, kwargs: dict, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     scene = _l2a_scene(tmp_path, **kwargs)
     out = fetch_scene(scene, ["B04"], tmp_path / "out" / "scene.tif")
     assert out.exists() and is_skipped(out)
@@ -262,7 +326,7 @@ def test_resume_skips_finished_scenes_and_refetches_changed_requests(tmp_path: P
     Path(scene["assets"]["B04"]).unlink()  # a second fetch would fail: it must not read anything
     assert fetch_scene(scene, ["B04"], out, overwrite=False) == out and out.stat().st_mtime_ns == stamp
     with pytest.raises(InputError, match="band B04"):  # other settings: fetched again (and the source is gone)
-        fetch_scene(scene, ["B04"], out, overwrite=False, harmonize=False)
+        fetch_scene(scene, ["B04"], out, FetchParams(harmonize=False), overwrite=False)
     manifest = {"provider": {"name": "local"}, "scenes": [scene]}
     with pytest.raises(InputError, match="no scene"):
         fetch_manifest(manifest, ["B04"], tmp_path / "out", scene_ids=["nope"])
@@ -285,7 +349,7 @@ def test_median_composite_uses_clear_pixels_only(tmp_path: Path) -> None:
 def test_retry_after_header_values() -> None:
     import datetime as dt
 
-    from pixeldino.fetch import MAX_RETRY_AFTER_S, retry_after_seconds
+    from pixeldino.retry import MAX_RETRY_AFTER_S, retry_after_seconds
 
     now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
     assert retry_after_seconds("7") == 7.0
@@ -293,3 +357,61 @@ def test_retry_after_header_values() -> None:
     assert retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0.0  # a date in the past: now
     assert retry_after_seconds("86400") == MAX_RETRY_AFTER_S
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_fetch_params_reject_bad_values() -> None:
+    with pytest.raises(ConfigError, match="positive number of metres"):
+        FetchParams(resolution=0)
+    with pytest.raises(ConfigError, match="fetch.composite 'mean' is not one of none, median"):
+        FetchParams(composite="mean")
+
+
+def test_aoi_cuts_only_with_clip_to_aoi(tmp_path: Path, synthetic_scene: dict) -> None:
+    far_away = box(10, 50, 11, 51)  # would fail the cut: it misses the scene
+    out = fetch_scene(synthetic_scene, ["B04"], tmp_path / "whole.tif", FetchParams(clip_to_aoi=False), aoi=far_away)
+    with rasterio.open(out) as ds:
+        assert ds.shape == (40, 40)
+
+
+def _manifest(tmp_path: Path) -> dict:
+    """Two scenes of one tile, both clear (SCL vegetation), with different reflectances."""
+    scenes = [
+        _l2a_scene(tmp_path, "A", b04_value=1100, scl_value=4),
+        _l2a_scene(tmp_path, "B", b04_value=1500, scl_value=4),
+    ]
+    return {"pixeldino_manifest": 1, "provider": {"name": "local"}, "scenes": scenes}
+
+
+def test_fetch_manifest_reports_fetched_and_reused_scenes_and_composites(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path)
+    out_dir = tmp_path / "scenes"
+    first = fetch_manifest(manifest, ["B04"], out_dir, FetchParams(), scene_ids=["S2_08WMA_A"])
+    assert first.scenes == first.fetched == [out_dir / "S2_08WMA_A.tif"] and first.reused == []
+    assert first.composites == []
+    stamp = first.scenes[0].stat().st_mtime_ns
+    # the finished scene is reused (same request, per its sidecar); the other is fetched; one composite per tile
+    second = fetch_manifest(
+        manifest, ["B04"], out_dir, FetchParams(composite="median"), composites_dir=tmp_path / "composites"
+    )
+    assert second.scenes == [out_dir / "S2_08WMA_A.tif", out_dir / "S2_08WMA_B.tif"]
+    assert second.reused == [out_dir / "S2_08WMA_A.tif"] and second.fetched == [out_dir / "S2_08WMA_B.tif"]
+    assert second.scenes[0].stat().st_mtime_ns == stamp
+    assert second.composites == [tmp_path / "composites" / "08WMA.tif"]
+    with rasterio.open(second.composites[0]) as ds:
+        assert ds.read(1)[30, 30] == 300  # median of 100 and 500
+    # another request (no harmonisation) is not "finished": fetched again; so is everything with overwrite
+    third = fetch_manifest(manifest, ["B04"], out_dir, FetchParams(harmonize=False))
+    assert third.reused == []
+    assert fetch_manifest(manifest, ["B04"], out_dir, FetchParams(harmonize=False), overwrite=True).reused == []
+    assert fetch_manifest(manifest, ["B04"], out_dir, FetchParams(harmonize=False)).reused == third.scenes
+
+
+def test_run_fetch_reads_the_manifest_file_and_names_it_in_errors(tmp_path: Path) -> None:
+    path = write_manifest(_manifest(tmp_path), tmp_path / "manifest.json")
+    report = run_fetch(
+        FetchParams(), manifest=path, bands=["B04"], out_dir=tmp_path / "scenes", scene_ids=["S2_08WMA_B"]
+    )
+    assert report.scenes == [tmp_path / "scenes" / "S2_08WMA_B.tif"] and report.scenes[0].exists()
+    assert json.loads(report.scenes[0].with_suffix(".json").read_text())["provider"] == "local"
+    with pytest.raises(InputError, match=r"no scene\(s\) \['nope'\] in .*manifest.json; pick ids"):
+        run_fetch(FetchParams(), manifest=path, bands=["B04"], out_dir=tmp_path / "scenes", scene_ids=["nope"])

@@ -136,10 +136,13 @@ def _demo_experts(site: str) -> tuple[dict[str, gpd.GeoDataFrame], Affine, tuple
 
 
 @pytest.mark.skipif(not (DEMO / "labels").is_dir(), reason="resources/demo is not built")
-@pytest.mark.parametrize(("site", "n_experts", "mean", "lo", "hi"), [
-    ("peel", 12, 0.67, 0.51, 0.80),
-    ("bykovsky", 10, 0.28, 0.00, 0.73),
-])
+@pytest.mark.parametrize(
+    ("site", "n_experts", "mean", "lo", "hi"),
+    [
+        ("peel", 12, 0.67, 0.51, 0.80),
+        ("bykovsky", 10, 0.28, 0.00, 0.73),
+    ],
+)
 def test_expert_agreement_on_demo(site: str, n_experts: int, mean: float, lo: float, hi: float) -> None:
     experts, transform, shape, aoi = _demo_experts(site)
     ag = expert_agreement(experts, transform, shape, footprint=aoi)

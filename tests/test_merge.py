@@ -16,8 +16,8 @@ from shapely.geometry import box
 from shapely.ops import transform
 
 from pixeldino.io import TILED_GTIFF_PROFILE
-from pixeldino.merge import MERGED_SCHEMA, merge_polygons
-from pixeldino.polygonize import polygonize_scene
+from pixeldino.merge import MERGED_SCHEMA, MergeParams, run_merge
+from pixeldino.polygonize import PolygonizeParams, run_polygonize
 
 # The UTM 8N / 9N boundary is at 132 W. A slump of ~300 m x 200 m just east of it, seen from both zones.
 SLUMP_LONLAT = box(-131.998, 69.000, -131.9905, 69.0018)
@@ -31,8 +31,16 @@ def scene_gpkg(tmp_path: Path, epsg: int, scene_id: str, tile: str, date: str, s
     x0, y0 = round(cx / 10) * 10 - 2500, round(cy / 10) * 10 + 1500
     grid = Affine(10.0, 0.0, x0, 0.0, -10.0, y0)
     dn = rasterize([(g, 220) for g in utm], out_shape=(300, 500), transform=grid, fill=0, dtype="uint8")
-    profile = dict(TILED_GTIFF_PROFILE, width=500, height=300, count=1, dtype="uint8", nodata=255,
-                   crs=f"EPSG:{epsg}", transform=grid)
+    profile = dict(
+        TILED_GTIFF_PROFILE,
+        width=500,
+        height=300,
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs=f"EPSG:{epsg}",
+        transform=grid,
+    )
     prob = tmp_path / f"{scene_id}.tif"
     with rasterio.open(prob, "w", **profile) as dst:
         dst.write(dn, 1)
@@ -42,13 +50,15 @@ def scene_gpkg(tmp_path: Path, epsg: int, scene_id: str, tile: str, date: str, s
 
 
 def _polygonize(prob: Path, out: Path) -> Path:
-    polygonize_scene(prob, out)
+    run_polygonize(PolygonizeParams(min_area_m2=0), prob, out)
     return out
 
 
 @pytest.fixture
 def two_zones(tmp_path: Path) -> list[Path]:
-    a = scene_gpkg(tmp_path, 32608, "S2A_20230701_T08WNA", "08WNA", "2023-07-01T20:11:29Z", [SLUMP_LONLAT, OTHER_LONLAT])
+    a = scene_gpkg(
+        tmp_path, 32608, "S2A_20230701_T08WNA", "08WNA", "2023-07-01T20:11:29Z", [SLUMP_LONLAT, OTHER_LONLAT]
+    )
     b = scene_gpkg(tmp_path, 32609, "S2B_20230815_T09WMA", "09WMA", "2023-08-15T20:21:19Z", [SLUMP_LONLAT])
     return [a, b]
 
@@ -56,7 +66,7 @@ def two_zones(tmp_path: Path) -> list[Path]:
 def test_same_slump_in_two_utm_zones_is_one_polygon(tmp_path: Path, two_zones: list[Path]) -> None:
     assert pyogrio.read_info(two_zones[0], layer="rts")["crs"] == "EPSG:32608"
     assert pyogrio.read_info(two_zones[1], layer="rts")["crs"] == "EPSG:32609"
-    merged = merge_polygons(two_zones, tmp_path / "merged.gpkg", out_parquet=tmp_path / "merged.parquet")
+    merged = run_merge(MergeParams(), two_zones, tmp_path / "merged.gpkg", tmp_path / "merged.parquet")
     assert len(merged) == 2
     slump = merged[merged.n_detections == 2].iloc[0]
     assert slump.scenes == "S2A_20230701_T08WNA,S2B_20230815_T09WMA"
@@ -66,7 +76,7 @@ def test_same_slump_in_two_utm_zones_is_one_polygon(tmp_path: Path, two_zones: l
     true_area = gpd.GeoSeries([SLUMP_LONLAT], crs=4326).to_crs(6931).area.iloc[0]
     assert slump.area_m2 == pytest.approx(true_area, rel=0.08)  # union of two 10 m rasterisations
     # EPSG:3413 is conformal: the geodesic area it reports equals the planar area in equal-area EPSG:6931
-    ease = merge_polygons(two_zones, tmp_path / "ease.gpkg", crs="EPSG:6931")
+    ease = run_merge(MergeParams(crs="EPSG:6931"), two_zones, tmp_path / "ease.gpkg")
     ease_slump = ease[ease.n_detections == 2].iloc[0]
     assert slump.area_m2 == pytest.approx(ease_slump.geometry.area, rel=1e-6)
     assert ease_slump.area_m2 == pytest.approx(ease_slump.geometry.area)
@@ -81,8 +91,8 @@ def test_same_slump_in_two_utm_zones_is_one_polygon(tmp_path: Path, two_zones: l
 
 
 def test_ids_are_stable_across_reruns_and_input_order(tmp_path: Path, two_zones: list[Path]) -> None:
-    first = merge_polygons(two_zones, tmp_path / "a.gpkg")
-    second = merge_polygons(list(reversed(two_zones)), tmp_path / "b.gpkg")
+    first = run_merge(MergeParams(), two_zones, tmp_path / "a.gpkg")
+    second = run_merge(MergeParams(), list(reversed(two_zones)), tmp_path / "b.gpkg")
     assert list(first.rts_id) == list(second.rts_id)
     assert all(rid.startswith("RTS_") for rid in first.rts_id)
     point = first.geometry.representative_point().iloc[0]
@@ -94,29 +104,37 @@ def test_ids_are_stable_across_reruns_and_input_order(tmp_path: Path, two_zones:
 def test_non_overlapping_detections_stay_separate_and_chains_join(tmp_path: Path) -> None:
     def layer(name: str, geoms: list, epsg: int = 32608) -> Path:
         gdf = gpd.GeoDataFrame(
-            {"scene_id": [name] * len(geoms), "tile": ["08WNA"] * len(geoms),
-             "datetime": ["2022-07-03T20:00:00Z"] * len(geoms), "prob_max": [0.9] * len(geoms),
-             "touches_nodata": [False] * len(geoms)},
-            geometry=geoms, crs=f"EPSG:{epsg}",
+            {
+                "scene_id": [name] * len(geoms),
+                "tile": ["08WNA"] * len(geoms),
+                "datetime": ["2022-07-03T20:00:00Z"] * len(geoms),
+                "prob_max": [0.9] * len(geoms),
+                "touches_nodata": [False] * len(geoms),
+            },
+            geometry=geoms,
+            crs=f"EPSG:{epsg}",
         )
         path = tmp_path / f"{name}.gpkg"
         gdf.to_file(path, layer="rts")
         return path
 
-    a = layer("A", [box(0, 0, 100, 100), box(1000, 0, 1100, 100)], )
+    a = layer(
+        "A",
+        [box(0, 0, 100, 100), box(1000, 0, 1100, 100)],
+    )
     b = layer("B", [box(90, 0, 190, 100), box(5000, 0, 5100, 100)])
     c = layer("C", [box(180, 0, 280, 100)])  # overlaps B's first box only: A-B-C is one chain
-    out = merge_polygons([a, b, c], tmp_path / "m.gpkg", crs="EPSG:32608", geometry="union")
+    out = run_merge(MergeParams(crs="EPSG:32608", geometry="union"), [a, b, c], tmp_path / "m.gpkg")
     assert sorted(out.n_detections) == [1, 1, 3]
     chain = out[out.n_detections == 3].iloc[0]
     assert chain.scenes == "A,B,C"
     assert chain.geometry.area == pytest.approx(280 * 100)
     # best-detection rule: a 10 % overlap is not the same slump, so all five stay
-    best = merge_polygons([a, b, c], tmp_path / "b.gpkg", crs="EPSG:32608")
+    best = run_merge(MergeParams(crs="EPSG:32608"), [a, b, c], tmp_path / "b.gpkg")
     assert sorted(best.n_detections) == [1, 1, 1, 1, 1]
     # ... but a detection covering 80 % of another is a duplicate: one slump, the better-ranked outline
     d = layer("D", [box(20, 0, 120, 100)])
-    dup = merge_polygons([a, d], tmp_path / "d.gpkg", crs="EPSG:32608")
+    dup = run_merge(MergeParams(crs="EPSG:32608"), [a, d], tmp_path / "d.gpkg")
     assert sorted(dup.n_detections) == [1, 2]
     assert dup[dup.n_detections == 2].iloc[0].geometry.area == pytest.approx(100 * 100)
     prov = gpd.read_file(tmp_path / "d.gpkg", layer="rts_detections")
@@ -136,8 +154,16 @@ def test_two_utm_grids_merge_without_inflation(tmp_path: Path) -> None:
     to_lonlat = Transformer.from_crs(32609, 4326, always_xy=True).transform
     # 40 slumps of 40-150 m radius just east of the 8N/9N boundary (132 W), described in UTM 9N then in lon/lat
     x0, y0 = 413_000.0, 7_655_000.0
-    local = [_ellipse(x0 + rng.uniform(0, 4000), y0 + rng.uniform(0, 2500), rng.uniform(40, 150),
-                      rng.uniform(40, 150), rng.uniform(0, 180)) for _ in range(40)]
+    local = [
+        _ellipse(
+            x0 + rng.uniform(0, 4000),
+            y0 + rng.uniform(0, 2500),
+            rng.uniform(40, 150),
+            rng.uniform(40, 150),
+            rng.uniform(0, 180),
+        )
+        for _ in range(40)
+    ]
     local = [s for k, s in enumerate(local) if not any(s.distance(t) < 50 for t in local[:k])]
     slumps = [transform(to_lonlat, s) for s in local]
     assert len(slumps) >= 20
@@ -146,50 +172,75 @@ def test_two_utm_grids_merge_without_inflation(tmp_path: Path) -> None:
         to_utm = Transformer.from_crs(4326, epsg, always_xy=True).transform
         utm = [transform(to_utm, s) for s in slumps]
         xmin, ymin, xmax, ymax = gpd.GeoSeries(utm).total_bounds
-        grid = Affine(10.0, 0.0, np.floor(xmin / 10) * 10 - 300 + (3.7 if epsg == 32609 else 0), 0.0, -10.0,
-                      np.ceil(ymax / 10) * 10 + 300)
+        grid = Affine(
+            10.0,
+            0.0,
+            np.floor(xmin / 10) * 10 - 300 + (3.7 if epsg == 32609 else 0),
+            0.0,
+            -10.0,
+            np.ceil(ymax / 10) * 10 + 300,
+        )
         shape = (int((ymax - ymin) / 10) + 60, int((xmax - xmin) / 10) + 60)
         dn = rasterize([(g, 220) for g in utm], out_shape=shape, transform=grid, fill=0, dtype="uint8")
-        profile = dict(TILED_GTIFF_PROFILE, width=shape[1], height=shape[0], count=1, dtype="uint8", nodata=255,
-                       crs=f"EPSG:{epsg}", transform=grid, blockxsize=256, blockysize=256)
+        profile = dict(
+            TILED_GTIFF_PROFILE,
+            width=shape[1],
+            height=shape[0],
+            count=1,
+            dtype="uint8",
+            nodata=255,
+            crs=f"EPSG:{epsg}",
+            transform=grid,
+            blockxsize=256,
+            blockysize=256,
+        )
         prob = tmp_path / f"{name}.tif"
         with rasterio.open(prob, "w", **profile) as dst:
             dst.write(dn, 1)
             dst.scales = (1 / 254,)
             dst.update_tags(SCENE_ID=name, TILE=tile, DATETIME="2023-07-01T20:00:00Z", THRESHOLD="0.5")
         files.append(_polygonize(prob, tmp_path / f"{name}.gpkg"))
-    one_grid = merge_polygons(files[:1], tmp_path / "one.gpkg")
-    merged = merge_polygons(files, tmp_path / "both.gpkg")
+    one_grid = run_merge(MergeParams(), files[:1], tmp_path / "one.gpkg")
+    merged = run_merge(MergeParams(), files, tmp_path / "both.gpkg")
     assert len(merged) == len(one_grid) == len(slumps)
     assert (merged.n_detections == 2).all()
     assert merged.area_m2.sum() == pytest.approx(one_grid.area_m2.sum(), rel=0.01)
     # per slump, the merged outline is one of its two detections: within 1 % of that grid's area
-    other_grid = merge_polygons(files[1:], tmp_path / "other.gpkg")
+    other_grid = run_merge(MergeParams(), files[1:], tmp_path / "other.gpkg")
     for _, slump in merged.iterrows():
         areas = [g.area_m2[g.intersects(slump.geometry)].iloc[0] for g in (one_grid, other_grid)]
         assert min(abs(slump.area_m2 / a - 1) for a in areas) < 0.01
-    union = merge_polygons(files, tmp_path / "union.gpkg", geometry="union")
+    union = run_merge(MergeParams(geometry="union"), files, tmp_path / "union.gpkg")
     assert union.area_m2.sum() > 1.01 * one_grid.area_m2.sum()  # the union inflates: what the rule avoids
 
 
 def test_empty_inputs_give_valid_empty_layer(tmp_path: Path) -> None:
-    empty = merge_polygons([], tmp_path / "empty.gpkg")
+    empty = run_merge(MergeParams(), [], tmp_path / "empty.gpkg")
     assert len(empty) == 0
     info = pyogrio.read_info(tmp_path / "empty.gpkg", layer="rts")
     assert info["features"] == 0 and info["crs"] == "EPSG:3413" and list(info["fields"]) == list(MERGED_SCHEMA)
     # an empty per-scene layer is fine too
     dn = np.zeros((40, 40), np.uint8)
-    profile = dict(TILED_GTIFF_PROFILE, width=40, height=40, count=1, dtype="uint8", nodata=255, crs="EPSG:32608",
-                   transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7600000.0))
+    profile = dict(
+        TILED_GTIFF_PROFILE,
+        width=40,
+        height=40,
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs="EPSG:32608",
+        transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7600000.0),
+    )
     with rasterio.open(tmp_path / "p.tif", "w", **profile) as dst:
         dst.write(dn, 1)
+        dst.scales = (1 / 254,)
     scene = _polygonize(tmp_path / "p.tif", tmp_path / "scene.gpkg")
-    assert len(merge_polygons([scene], tmp_path / "m.gpkg")) == 0
+    assert len(run_merge(MergeParams(), [scene], tmp_path / "m.gpkg")) == 0
 
 
 def test_missing_input_is_input_error(tmp_path: Path) -> None:
     from pixeldino.errors import InputError
 
     with pytest.raises(InputError, match="nope.gpkg"):
-        merge_polygons([tmp_path / "nope.gpkg"], tmp_path / "m.gpkg")
+        run_merge(MergeParams(), [tmp_path / "nope.gpkg"], tmp_path / "m.gpkg")
     assert not (tmp_path / "m.gpkg").exists()

@@ -11,18 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import BANDS, data, read_log, run, tiny  # noqa: F401  (data: the shared fixture)
+from test_train import BANDS, read_log, run, squares_data, tiny
 
 from pixeldino import train as train_module
 from pixeldino.cli import build_parser, main
-from pixeldino.config import DEFAULT_SCHEMA, load_yaml, validate_config
+from pixeldino.config import validate_config
 from pixeldino.model import ChannelLayerNorm, UNetConfig, build_model
 from pixeldino.modelio import load_model
 from pixeldino.params import from_namespace
 from pixeldino.train import (
     ChipSource,
-    Trainer,
     TrainConfig,
+    Trainer,
+    TrainingChips,
+    TrainOutputs,
     ema_horizon_steps,
     ema_momentum_at,
     frozen_batch_norm_statistics,
@@ -32,20 +34,31 @@ from pixeldino.train import (
     warmup_steps_of,
 )
 
+
+def minimal_config() -> dict[str, object]:
+    """The smallest valid workflow config: a run name, a scene provider and where to look."""
+    return {"run": "test", "stac": {"provider": "earth-search"}, "search": {"tiles": ["08WMA"]}}
+
+
 NO_PHOTOMETRIC = {"gamma_range": [1.0, 1.0], "brightness": 0.0, "contrast": 0.0, "blur_p": 0.0}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    return squares_data()
+
+
 def trainer(data: dict[str, np.ndarray], out: Path, config: TrainConfig) -> Trainer:
-    return Trainer(**data, bands=BANDS, out_dir=out, config=config, progress=False)
+    return Trainer(TrainingChips(bands=BANDS, **data), config, TrainOutputs.in_dir(out), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- normalisation
 def test_layer_norm_is_the_default_everywhere() -> None:
     assert TrainConfig().norm == "layer" and UNetConfig(in_channels=3).norm == "layer"
-    assert validate_config({}, check_files=False)["train"]["norm"] == "layer"
+    assert validate_config(minimal_config(), check_files=False)["train"]["norm"] == "layer"
     args = build_parser().parse_args(["train", "--chips", "c.zarr", "--out-dir", "m"])
     assert from_namespace(TrainConfig, args).norm == "layer"
     model = build_model(UNetConfig(in_channels=3, width=4, depth=2))
@@ -129,10 +142,12 @@ def test_warm_up_and_ema_horizon_scale_with_the_run() -> None:
 
 
 def test_a_300_step_cli_run_reaches_its_peak_learning_rate(data, tmp_path, monkeypatch) -> None:
-    def from_arrays(chips, out_dir, config, bands=None, resume=True, progress=True):  # the CLI's config, our chips
-        return train_module.train(**data, bands=BANDS, out_dir=out_dir, config=config, resume=resume, progress=False)
+    run_train = train_module.run_train
 
-    monkeypatch.setattr(train_module, "train_from_store", from_arrays)
+    def from_arrays(params, chips, outputs, bands=None, resume=True, progress=True):  # the CLI's config, our chips
+        return run_train(params, TrainingChips(bands=BANDS, **data), outputs, resume=resume, progress=False)
+
+    monkeypatch.setattr(train_module, "run_train", from_arrays)
     out = tmp_path / "model"
     main(["train", "--chips", "unused.zarr", "--out-dir", str(out), "--mode", "supervised", "--steps", "300",
           "--width", "4", "--depth", "2", "--batch-labelled", "2", "--lr", "0.002", "--log-every", "1",
@@ -249,29 +264,18 @@ def test_per_band_photometric_changes_bands_independently() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- one source of truth
-def test_every_train_config_field_is_in_the_cli_and_the_schema_with_one_default() -> None:
-    schema = load_yaml(DEFAULT_SCHEMA)["properties"]["train"]["properties"]
-    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
-    dests = {a.dest for a in train_parser._actions}
-    defaults = validate_config({}, check_files=False)["train"]
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "normalisation":  # its own top-level section (and --normalisation)
-            assert "normalisation" in dests
-            continue
-        assert f.name in schema, f"schema lacks train.{f.name}"
-        assert f.name in dests, f"pixeldino train lacks --{f.name.replace('_', '-')}"
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        assert defaults[f.name] == default, (f.name, defaults[f.name], default)
-    assert set(schema) - {f.name for f in dataclasses.fields(TrainConfig)} == {"model"}
-
-
 def test_the_workflow_passes_every_field_through() -> None:
-    from pixeldino.pipeline import train_config_from
+    from pixeldino.params import from_config
 
-    section = validate_config({"train": {"export": "student", "target_warp": "independent", "warmup_fraction": 0.1,
-                                         "ema_horizon": 0.02, "norm": "batch"}}, check_files=False)["train"]  # fmt: skip
-    cfg = train_config_from(section, {"method": "logsigmoid"})
+    overrides = {"export": "student", "target_warp": "independent", "warmup_fraction": 0.1, "ema_horizon": 0.02,
+                 "norm": "batch"}  # fmt: skip
+    section = validate_config(minimal_config() | {"train": overrides}, check_files=False)["train"]
+    cfg = from_config(TrainConfig, section)
     assert (cfg.export, cfg.target_warp, cfg.warmup_fraction, cfg.ema_horizon, cfg.norm) == (
-        "student", "independent", 0.1, 0.02, "batch"
+        "student",
+        "independent",
+        0.1,
+        0.02,
+        "batch",
     )
     assert dataclasses.asdict(cfg).keys() == dataclasses.asdict(train_module.TrainConfig()).keys()

@@ -13,14 +13,22 @@ import rasterio
 from affine import Affine
 
 from pixeldino.io import TILED_GTIFF_PROFILE
-from pixeldino.polygonize import SCHEMA, polygonize_scene
+from pixeldino.polygonize import SCHEMA, PolygonizeParams, run_polygonize
 
 ORIGIN = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 7600000.0)  # 10 m pixels, UTM 8N
 
 
 def write_prob(path: Path, dn: np.ndarray, *, threshold: str | None = "0.5", tags: dict | None = None) -> Path:
-    profile = dict(TILED_GTIFF_PROFILE, width=dn.shape[1], height=dn.shape[0], count=1, dtype="uint8",
-                   nodata=255, crs="EPSG:32608", transform=ORIGIN)
+    profile = dict(
+        TILED_GTIFF_PROFILE,
+        width=dn.shape[1],
+        height=dn.shape[0],
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs="EPSG:32608",
+        transform=ORIGIN,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(dn, 1)
         dst.scales = (1 / 254,)
@@ -40,7 +48,7 @@ def test_known_squares_exact_area_pixels_and_probabilities(tmp_path: Path) -> No
     dn[40:44, 100:104] = 160  # next to nodata
     dn[40:44, 104:110] = 255
     prob = write_prob(tmp_path / "p.tif", dn)
-    gdf = polygonize_scene(prob, tmp_path / "rts.gpkg", attributes={"region": "test"})
+    gdf = run_polygonize(PolygonizeParams(min_area_m2=0), prob, tmp_path / "rts.gpkg", attributes={"region": "test"})
     assert len(gdf) == 4
     by_pixels = gdf.set_index("n_pixels")
     sq = by_pixels.loc[100]
@@ -69,9 +77,9 @@ def test_threshold_tag_explicit_threshold_and_min_area(tmp_path: Path) -> None:
     dn[5:15, 5:15] = 200  # p = 0.787
     dn[30:33, 30:33] = 120  # p = 0.472, 9 px = 900 m2
     prob = write_prob(tmp_path / "p.tif", dn, threshold="0.4")
-    assert len(polygonize_scene(prob, tmp_path / "a.gpkg")) == 2  # tag threshold 0.4
-    assert len(polygonize_scene(prob, tmp_path / "b.gpkg", threshold=0.6)) == 1
-    kept = polygonize_scene(prob, tmp_path / "c.gpkg", min_area_m2=1000)
+    assert len(run_polygonize(PolygonizeParams(min_area_m2=0), prob, tmp_path / "a.gpkg")) == 2  # tag threshold 0.4
+    assert len(run_polygonize(PolygonizeParams(min_area_m2=0, threshold=0.6), prob, tmp_path / "b.gpkg")) == 1
+    kept = run_polygonize(PolygonizeParams(min_area_m2=1000), prob, tmp_path / "c.gpkg")
     assert list(kept.n_pixels) == [100]
     assert kept.threshold.iloc[0] == pytest.approx(0.4)
 
@@ -81,15 +89,15 @@ def test_default_threshold_without_tag_and_opening(tmp_path: Path) -> None:
     dn[5:25, 5:25] = 140
     dn[24, 25:40] = 140  # a one-pixel spur that an opening removes
     prob = write_prob(tmp_path / "p.tif", dn, threshold=None)
-    plain = polygonize_scene(prob, tmp_path / "a.gpkg")
+    plain = run_polygonize(PolygonizeParams(min_area_m2=0), prob, tmp_path / "a.gpkg")
     assert plain.threshold.iloc[0] == 0.5 and plain.n_pixels.iloc[0] == 415
-    opened = polygonize_scene(prob, tmp_path / "b.gpkg", opening_radius=1)
+    opened = run_polygonize(PolygonizeParams(min_area_m2=0, opening_radius=1), prob, tmp_path / "b.gpkg")
     assert opened.n_pixels.iloc[0] == 396  # the spur and the four square corners (radius-1 disk = cross)
 
 
 def test_empty_prediction_writes_valid_empty_layer(tmp_path: Path) -> None:
     prob = write_prob(tmp_path / "p.tif", np.full((50, 50), 10, np.uint8))
-    gdf = polygonize_scene(prob, tmp_path / "rts.gpkg")
+    gdf = run_polygonize(PolygonizeParams(min_area_m2=0), prob, tmp_path / "rts.gpkg")
     assert len(gdf) == 0
     info = pyogrio.read_info(tmp_path / "rts.gpkg", layer="rts")
     assert info["features"] == 0 and info["geometry_type"] == "MultiPolygon"
@@ -104,7 +112,7 @@ def test_slump_across_internal_tiles_is_one_polygon_and_diagonal_touch_joins(tmp
     dn[600:610, 600:610] = 220
     dn[610:620, 610:620] = 220  # touches the previous block only at a corner: same 8-connected object
     prob = write_prob(tmp_path / "p.tif", dn)
-    gdf = polygonize_scene(prob, tmp_path / "rts.gpkg")
+    gdf = run_polygonize(PolygonizeParams(min_area_m2=0), prob, tmp_path / "rts.gpkg")
     assert len(gdf) == 2
     big = gdf[gdf.n_pixels == 1500].iloc[0]
     assert big.area_m2 == pytest.approx(150_000.0)
@@ -115,7 +123,7 @@ def test_slump_across_internal_tiles_is_one_polygon_and_diagonal_touch_joins(tmp
 def test_qgis_style_is_embedded(tmp_path: Path) -> None:
     dn = np.zeros((30, 30), np.uint8)
     dn[5:10, 5:10] = 250
-    polygonize_scene(write_prob(tmp_path / "p.tif", dn), tmp_path / "rts.gpkg")
+    run_polygonize(PolygonizeParams(min_area_m2=0), write_prob(tmp_path / "p.tif", dn), tmp_path / "rts.gpkg")
     with sqlite3.connect(tmp_path / "rts.gpkg") as con:
         row = con.execute("SELECT f_table_name, f_geometry_column, useAsDefault, styleQML FROM layer_styles").fetchone()
     assert row[:3] == ("rts", "geom", 1)
@@ -128,7 +136,7 @@ def test_missing_raster_is_input_error(tmp_path: Path) -> None:
     from pixeldino.errors import InputError
 
     with pytest.raises(InputError, match="not found"):
-        polygonize_scene(tmp_path / "nope.tif", tmp_path / "rts.gpkg")
+        run_polygonize(PolygonizeParams(min_area_m2=0), tmp_path / "nope.tif", tmp_path / "rts.gpkg")
     assert not (tmp_path / "rts.gpkg").exists()
 
 
@@ -144,10 +152,12 @@ def test_low_quality_fraction_from_the_quality_mask(tmp_path: Path) -> None:
         profile = dict(src.profile, nodata=None)
     with rasterio.open(mask_path, "w", **profile) as dst:
         dst.write(quality, 1)
-    gdf = polygonize_scene(prob, tmp_path / "rts.gpkg", quality_mask=mask_path).set_index("n_pixels")
+    gdf = run_polygonize(
+        PolygonizeParams(min_area_m2=0), prob, tmp_path / "rts.gpkg", quality_mask=mask_path
+    ).set_index("n_pixels")
     assert gdf.loc[100, "low_quality_fraction"] == pytest.approx(12 / 44)
     assert gdf.loc[16, "low_quality_fraction"] == 0.0
-    without = polygonize_scene(prob, tmp_path / "rts2.gpkg")
+    without = run_polygonize(PolygonizeParams(min_area_m2=0), prob, tmp_path / "rts2.gpkg")
     assert without["low_quality_fraction"].isna().all()
 
     shifted = tmp_path / "shifted.tif"
@@ -156,4 +166,4 @@ def test_low_quality_fraction_from_the_quality_mask(tmp_path: Path) -> None:
     from pixeldino.errors import InputError
 
     with pytest.raises(InputError, match="not on the grid"):
-        polygonize_scene(prob, tmp_path / "rts3.gpkg", quality_mask=shifted)
+        run_polygonize(PolygonizeParams(min_area_m2=0), prob, tmp_path / "rts3.gpkg", quality_mask=shifted)

@@ -14,7 +14,9 @@ from pixeldino.errors import ConfigError, InputError, ModelError
 from pixeldino.model import UNetConfig, build_model
 from pixeldino.modelio import save_model
 from pixeldino.normalise import normalise
-from pixeldino.predict import PROBABILITY_SCALE, patch_window, predict_scene, pseudo_class_palette
+from pixeldino.patches import patch_window
+from pixeldino.predict import PredictParams, predict_scene, pseudo_class_palette
+from pixeldino.probability import PROBABILITY_SCALE
 
 MODEL_BANDS = ["B04", "B03", "B02"]
 SCENE_BANDS = ("B02", "B03", "B04", "B08")  # one extra band the model does not use, in another order
@@ -23,8 +25,16 @@ H, W = 150, 170
 
 def write_scene(path: Path, data: np.ndarray, descriptions: tuple[str, ...] = SCENE_BANDS) -> Path:
     with rasterio.open(
-        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype="uint16",
-        nodata=0, crs="EPSG:32608", transform=from_origin(500000, 7700000, 10, 10),
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype="uint16",
+        nodata=0,
+        crs="EPSG:32608",
+        transform=from_origin(500000, 7700000, 10, 10),
     ) as dst:
         dst.write(data)
         dst.descriptions = descriptions
@@ -63,7 +73,7 @@ def read(path: Path) -> np.ndarray:
 
 def test_constant_head_gives_constant_map_across_chunks(tmp_path: Path, scene: Path) -> None:
     model = make_model(tmp_path / "const.safetensors", constant_logit=0.8)
-    out = predict_scene(scene, model, tmp_path / "p.tif", chunk_size=64, device="cpu")
+    out = predict_scene(PredictParams(chunk_size=64, device="cpu"), scene, model, tmp_path / "p.tif")
     prob = read(out)
     valid = (scene_data() != 0).any(axis=0)
     expected = round(float(torch.sigmoid(torch.tensor(0.8))) * PROBABILITY_SCALE)
@@ -73,8 +83,16 @@ def test_constant_head_gives_constant_map_across_chunks(tmp_path: Path, scene: P
 
 def test_chunking_does_not_change_result(tmp_path: Path, scene: Path) -> None:
     model = make_model(tmp_path / "m.safetensors")
-    small = predict_scene(scene, model, tmp_path / "small.tif", out_pseudo=tmp_path / "qs.tif", chunk_size=32, device="cpu")
-    large = predict_scene(scene, model, tmp_path / "large.tif", out_pseudo=tmp_path / "ql.tif", chunk_size=256, device="cpu")
+    small = predict_scene(
+        PredictParams(chunk_size=32, device="cpu"), scene, model, tmp_path / "small.tif", out_pseudo=tmp_path / "qs.tif"
+    )
+    large = predict_scene(
+        PredictParams(chunk_size=256, device="cpu"),
+        scene,
+        model,
+        tmp_path / "large.tif",
+        out_pseudo=tmp_path / "ql.tif",
+    )
     a, b = read(small).astype(int), read(large).astype(int)
     assert np.abs(a - b).max() <= 1
     assert len(np.unique(a[a != 255])) > 10  # a real, varying map
@@ -84,7 +102,7 @@ def test_chunking_does_not_change_result(tmp_path: Path, scene: Path) -> None:
 def test_matches_whole_scene_reference(tmp_path: Path, scene: Path) -> None:
     """Chunked dask inference equals a naive whole-scene sliding window over the mirrored scene."""
     model_path = make_model(tmp_path / "m.safetensors", seed=3)
-    out = predict_scene(scene, model_path, tmp_path / "p.tif", chunk_size=64, overlap=0.5, device="cpu")
+    out = predict_scene(PredictParams(chunk_size=64, overlap=0.5, device="cpu"), scene, model_path, tmp_path / "p.tif")
     from pixeldino.modelio import load_model
 
     model, _ = load_model(model_path)
@@ -113,23 +131,25 @@ def test_matches_whole_scene_reference(tmp_path: Path, scene: Path) -> None:
 
 def test_each_patch_runs_through_the_model_once(tmp_path: Path, scene: Path, monkeypatch) -> None:
     """Border patches are shared between blocks through the cache instead of being recomputed."""
-    from pixeldino import predict
+    from pixeldino import patches, predict
 
     forwarded = []
-    original = predict._PatchPredictor.forward
+    original = patches.PatchPredictor.forward
 
     def counting_forward(self, x):
         forwarded.append(x.shape[0])
         return original(self, x)
 
-    monkeypatch.setattr(predict._PatchPredictor, "forward", counting_forward)
+    monkeypatch.setattr(patches.PatchPredictor, "forward", counting_forward)
     monkeypatch.setattr(predict, "_DASK_WORKERS", 1)  # deterministic: no two blocks in flight at once
     model = make_model(tmp_path / "m.safetensors")
-    predict_scene(scene, model, tmp_path / "p.tif", chunk_size=64, overlap=0.5, device="cpu")
+    predict_scene(PredictParams(chunk_size=64, overlap=0.5, device="cpu"), scene, model, tmp_path / "p.tif")
     p, s = 64, 32
     valid = np.pad((scene_data() != 0).any(axis=0), p, mode="symmetric")
     expected = sum(
-        valid[oy + p : oy + 2 * p, ox + p : ox + 2 * p].any() for oy in range(-p + s, H, s) for ox in range(-p + s, W, s)
+        valid[oy + p : oy + 2 * p, ox + p : ox + 2 * p].any()
+        for oy in range(-p + s, H, s)
+        for ox in range(-p + s, W, s)
     )
     assert sum(forwarded) == expected
 
@@ -139,12 +159,25 @@ def test_outputs_tags_scale_palette_and_nodata(tmp_path: Path, scene: Path) -> N
     quality = np.zeros((H, W), np.uint8)
     quality[100:110, 10:20] = 1
     with rasterio.open(
-        tmp_path / "q.tif", "w", driver="GTiff", width=W, height=H, count=1, dtype="uint8",
-        crs="EPSG:32608", transform=from_origin(500000, 7700000, 10, 10),
+        tmp_path / "q.tif",
+        "w",
+        driver="GTiff",
+        width=W,
+        height=H,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32608",
+        transform=from_origin(500000, 7700000, 10, 10),
     ) as dst:
         dst.write(quality, 1)
-    predict_scene(scene, model, tmp_path / "p.tif", out_pseudo=tmp_path / "c.tif", quality_mask=tmp_path / "q.tif",
-                  tta=True, device="cpu")
+    predict_scene(
+        PredictParams(tta=True, device="cpu"),
+        scene,
+        model,
+        tmp_path / "p.tif",
+        out_pseudo=tmp_path / "c.tif",
+        quality_mask=tmp_path / "q.tif",
+    )
     with rasterio.open(tmp_path / "p.tif") as src:
         prob, tags = src.read(1), src.tags()
         assert src.scales[0] == pytest.approx(1 / 254)
@@ -168,7 +201,7 @@ def test_missing_band_is_input_error(tmp_path: Path) -> None:
     scene = write_scene(tmp_path / "s.tif", scene_data()[:2], descriptions=("B02", "B03"))
     model = make_model(tmp_path / "m.safetensors")
     with pytest.raises(InputError, match=r"s\.tif.*B04.*m\.safetensors"):
-        predict_scene(scene, model, tmp_path / "p.tif", device="cpu")
+        predict_scene(PredictParams(device="cpu"), scene, model, tmp_path / "p.tif")
     assert not (tmp_path / "p.tif").exists()
 
 
@@ -176,25 +209,38 @@ def test_corrupt_model_is_model_error_and_leaves_no_output(tmp_path: Path, scene
     model = make_model(tmp_path / "m.safetensors")
     model.write_bytes(b"not a safetensors file")
     with pytest.raises(ModelError, match="corrupt"):
-        predict_scene(scene, model, tmp_path / "p.tif", device="cpu")
+        predict_scene(PredictParams(device="cpu"), scene, model, tmp_path / "p.tif")
     assert list(tmp_path.glob("p*")) == []
 
 
 def test_failure_mid_run_leaves_no_output(tmp_path: Path, scene: Path) -> None:
     model = make_model(tmp_path / "m.safetensors")
     with rasterio.open(
-        tmp_path / "q.tif", "w", driver="GTiff", width=W + 1, height=H, count=1, dtype="uint8",
-        crs="EPSG:32608", transform=from_origin(500000, 7700000, 10, 10),
+        tmp_path / "q.tif",
+        "w",
+        driver="GTiff",
+        width=W + 1,
+        height=H,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32608",
+        transform=from_origin(500000, 7700000, 10, 10),
     ) as dst:
         dst.write(np.zeros((H, W + 1), np.uint8), 1)
     with pytest.raises(InputError, match="quality mask grid"):
-        predict_scene(scene, model, tmp_path / "out" / "p.tif", out_pseudo=tmp_path / "out" / "c.tif",
-                      quality_mask=tmp_path / "q.tif", device="cpu")
+        predict_scene(
+            PredictParams(device="cpu"),
+            scene,
+            model,
+            tmp_path / "out" / "p.tif",
+            out_pseudo=tmp_path / "out" / "c.tif",
+            quality_mask=tmp_path / "q.tif",
+        )
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 def test_model_failure_during_streaming_leaves_no_output(tmp_path: Path, scene: Path, monkeypatch) -> None:
-    from pixeldino import predict
+    from pixeldino import patches
 
     calls = []
 
@@ -204,16 +250,21 @@ def test_model_failure_during_streaming_leaves_no_output(tmp_path: Path, scene: 
             raise RuntimeError("simulated device failure")
         return original(self, x)
 
-    original = predict._PatchPredictor.forward
-    monkeypatch.setattr(predict._PatchPredictor, "forward", failing_forward)
+    original = patches.PatchPredictor.forward
+    monkeypatch.setattr(patches.PatchPredictor, "forward", failing_forward)
     model = make_model(tmp_path / "m.safetensors")
     with pytest.raises(RuntimeError, match="simulated"):
-        predict_scene(scene, model, tmp_path / "out" / "p.tif", out_pseudo=tmp_path / "out" / "c.tif",
-                      chunk_size=64, batch_size=1, device="cpu")
+        predict_scene(
+            PredictParams(chunk_size=64, batch_size=1, device="cpu"),
+            scene,
+            model,
+            tmp_path / "out" / "p.tif",
+            out_pseudo=tmp_path / "out" / "c.tif",
+        )
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_bad_patch_size_is_config_error(tmp_path: Path, scene: Path) -> None:
     model = make_model(tmp_path / "m.safetensors")
     with pytest.raises(ConfigError, match="multiple of 4"):
-        predict_scene(scene, model, tmp_path / "p.tif", patch_size=66, device="cpu")
+        predict_scene(PredictParams(patch_size=66, device="cpu"), scene, model, tmp_path / "p.tif")

@@ -6,7 +6,9 @@ import pytest
 
 from pixeldino.errors import ConfigError
 from pixeldino.providers import (
-    DEMO_CATALOG,
+    PROVIDERS,
+    Provider,
+    StacParams,
     cql2_filter,
     infer_provider,
     resolve_provider,
@@ -14,37 +16,46 @@ from pixeldino.providers import (
 )
 
 
+def resolve(provider: str | None = None, catalog: str | None = None, collection: str | None = None) -> Provider:
+    """The provider of these ``stac`` settings."""
+    return resolve_provider(StacParams(provider=provider, catalog=catalog, collection=collection))
+
+
 def test_presets_resolve_endpoint_and_collection() -> None:
-    es = resolve_provider("earth-search")
+    es = resolve("earth-search")
     assert es.catalog == "https://earth-search.aws.element84.com/v1" and es.collection == "sentinel-2-l2a"
     assert es.is_api and es.tile_value("08WMA") == "MGRS-08WMA"
-    pc = resolve_provider("planetary-computer", collection="sentinel-2-l2a")
+    pc = resolve("planetary-computer", collection="sentinel-2-l2a")
     assert pc.catalog.startswith("https://planetarycomputer.microsoft.com") and pc.tile_value("08WMA") == "08WMA"
     assert pc.tile_property == "s2:mgrs_tile" and pc.sign_assets
-    assert resolve_provider("cdse", collection="sentinel-2-l1c").collection == "sentinel-2-l1c"
+    assert resolve("cdse", collection="sentinel-2-l1c").collection == "sentinel-2-l1c"
     # presets ignore a catalog value (the schema's default demo path must not leak into them)
-    assert resolve_provider("earth-search", catalog="resources/demo/stac/catalog.json").is_api
+    assert resolve("earth-search", catalog="resources/demo/stac/catalog.json").is_api
 
 
 def test_local_and_custom() -> None:
-    local = resolve_provider("local")
-    assert local.catalog == str(DEMO_CATALOG) and not local.is_api and local.collection is None
-    custom = resolve_provider("custom", "http://127.0.0.1:1/stac/", "sentinel-2-l2a")
+    local = resolve_provider(StacParams(catalog="resources/demo/stac/catalog.json"))  # a path: local
+    assert local.name == "local" and not local.is_api and local.collection is None
+    with pytest.raises(ConfigError, match="'local' needs stac.catalog"):  # no hidden default catalog
+        resolve("local")
+    custom = resolve("custom", "http://127.0.0.1:1/stac/", "sentinel-2-l2a")
     assert custom.catalog == "http://127.0.0.1:1/stac"
     assert infer_provider("http://x") == "custom" and infer_provider("cat.json") == "local"
     assert infer_provider(None) == "earth-search"
     with pytest.raises(ConfigError, match="needs stac.collection"):
-        resolve_provider("custom", "http://127.0.0.1:1/stac")
+        resolve("custom", "http://127.0.0.1:1/stac")
     with pytest.raises(ConfigError, match="STAC API URL"):
-        resolve_provider("custom", "catalog.json", "x")
+        resolve("custom", "catalog.json", "x")
     with pytest.raises(ConfigError, match="set stac.provider to 'custom'"):
-        resolve_provider("local", "https://example.org/stac")
+        resolve("local", "https://example.org/stac")
     with pytest.raises(ConfigError, match="is not one of"):
-        resolve_provider("sentinel-hub")
+        StacParams(provider="sentinel-hub")
+    assert PROVIDERS == ("local", "earth-search", "planetary-computer", "cdse", "custom")
+    assert resolve(catalog=None).name == "earth-search"  # nothing given: the recommended preset
 
 
 def test_cdse_credentials_come_from_the_environment_only() -> None:
-    cdse = resolve_provider("cdse")
+    cdse = resolve("cdse")
     with pytest.raises(ConfigError) as err:
         cdse.gdal_options({})
     msg = str(err.value)
@@ -53,14 +64,14 @@ def test_cdse_credentials_come_from_the_environment_only() -> None:
     assert opts["AWS_ACCESS_KEY_ID"] == "k3y" and opts["AWS_S3_ENDPOINT"] == "eodata.dataspace.copernicus.eu"
     # what goes into manifests and sidecars never holds them
     assert "k3y" not in repr(cdse.describe()) and "s3cret" not in repr(cdse.describe())
-    assert resolve_provider("earth-search").gdal_options({}) == {}
+    assert resolve("earth-search").gdal_options({}) == {}
 
 
 def test_planetary_computer_signs_only_blob_urls() -> None:
-    pc = resolve_provider("planetary-computer")
+    pc = resolve("planetary-computer")
     href = "http://127.0.0.1:9/S2/B04.tif"
     assert pc.sign_href(href) == href  # not Azure blob storage: no token, no network
-    assert resolve_provider("earth-search").sign_href(href) == href
+    assert resolve("earth-search").sign_href(href) == href
 
 
 def test_server_capabilities_from_conformance() -> None:

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import rasterio
 from shapely.geometry import box
+from test_predict import H, W, make_model, scene_data, write_scene
 
 from pixeldino import quality as q
-from pixeldino.errors import ConfigError
-from pixeldino.polygonize import polygonize_scene
-from pixeldino.predict import NODATA_U8, predict_scene
-from test_predict import H, W, make_model, scene_data, write_scene
+from pixeldino.errors import ConfigError, InputError
+from pixeldino.polygonize import PolygonizeParams, run_polygonize
+from pixeldino.predict import PredictParams, predict_scene
+from pixeldino.probability import NODATA_U8
+from pixeldino.quality import WaterParams
 
 FLOOR = (slice(40, 60), slice(40, 70))  # the slump floor the SCL calls water
 CLOUD = (slice(100, 120), slice(20, 60))
@@ -35,8 +37,21 @@ def _mask(tmp_path: Path, scene: Path) -> Path:
 
 def test_scl_classes_map_to_distinct_mask_values() -> None:
     scl = np.arange(13, dtype=np.uint8)
-    expected = [q.INVALID, q.INVALID, q.DARK_AREA, q.CLOUD_SHADOW, q.CLEAR, q.CLEAR, q.WATER, q.CLEAR, q.CLOUD,
-                q.CLOUD, q.CIRRUS, q.SNOW, q.INVALID]
+    expected = [
+        q.INVALID,
+        q.INVALID,
+        q.DARK_AREA,
+        q.CLOUD_SHADOW,
+        q.CLEAR,
+        q.CLEAR,
+        q.WATER,
+        q.CLEAR,
+        q.CLOUD,
+        q.CLOUD,
+        q.CIRRUS,
+        q.SNOW,
+        q.INVALID,
+    ]
     assert list(q.scl_to_mask(scl)) == expected
 
 
@@ -55,13 +70,13 @@ def test_policy_keeps_a_slump_whose_floor_the_mask_calls_water(tmp_path: Path) -
     scene = write_scene(tmp_path / "scene.tif", data)
     mask = _mask(tmp_path, scene)
     model = make_model(tmp_path / "m.safetensors", constant_logit=4.0)  # every valid pixel is RTS
-    predict_scene(scene, model, tmp_path / "p.tif", quality_mask=mask, device="cpu")
+    predict_scene(PredictParams(device="cpu"), scene, model, tmp_path / "p.tif", quality_mask=mask)
     with rasterio.open(tmp_path / "p.tif") as src:
         prob = src.read(1)
     assert (prob[FLOOR] != NODATA_U8).all() and (prob[FLOOR] > 0.9 * 254).all()  # water: kept and predicted
     assert (prob[CLOUD] == NODATA_U8).all()  # cloud: nodata
 
-    gdf = polygonize_scene(tmp_path / "p.tif", tmp_path / "rts.gpkg", quality_mask=mask)
+    gdf = run_polygonize(PolygonizeParams(min_area_m2=0), tmp_path / "p.tif", tmp_path / "rts.gpkg", quality_mask=mask)
     big = gdf.loc[gdf.n_pixels.idxmax()]
     assert big.water_fraction == pytest.approx(20 * 30 / big.n_pixels)
     assert big.dark_area_fraction == pytest.approx(5 * 10 / big.n_pixels)
@@ -70,8 +85,14 @@ def test_policy_keeps_a_slump_whose_floor_the_mask_calls_water(tmp_path: Path) -
     assert gdf.geometry.contains(floor.buffer(-1)).any()  # the floor lies inside a polygon, not in a hole
 
     # the old behaviour, on request: water is nodata and the floor becomes a hole
-    predict_scene(scene, model, tmp_path / "p_old.tif", quality_mask=mask, device="cpu",
-                  nodata_classes=[*q.DEFAULT_NODATA_CLASSES, "water", "dark_area", "cirrus"])
+    predict_scene(
+        PredictParams(device="cpu"),
+        scene,
+        model,
+        tmp_path / "p_old.tif",
+        quality_mask=mask,
+        nodata_classes=[*q.DEFAULT_NODATA_CLASSES, "water", "dark_area", "cirrus"],
+    )
     with rasterio.open(tmp_path / "p_old.tif") as src:
         assert (src.read(1)[FLOOR] == NODATA_U8).all()
 
@@ -81,8 +102,18 @@ def _prob(tmp_path: Path) -> Path:
     dn[10:20, 10:20] = 220  # a detection that is a lake
     dn[35:50, 35:50] = 220  # a slump on land
     path = tmp_path / "prob.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=60, height=60, count=1, dtype="uint8", nodata=255,
-                       crs="EPSG:32608", transform=rasterio.transform.from_origin(500000, 7700000, 10, 10)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=60,
+        height=60,
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs="EPSG:32608",
+        transform=rasterio.transform.from_origin(500000, 7700000, 10, 10),
+    ) as dst:
         dst.write(dn, 1)
         dst.scales = (1 / 254,)
     return path
@@ -92,13 +123,25 @@ def test_permanent_water_vector_flags_or_drops(tmp_path: Path) -> None:
     prob = _prob(tmp_path)
     lake = gpd.GeoDataFrame(geometry=[box(500090, 7699790, 500210, 7699910)], crs=32608).to_crs(4326)
     lake.to_file(tmp_path / "water.gpkg")
-    flagged = polygonize_scene(prob, tmp_path / "a.gpkg", permanent_water=tmp_path / "water.gpkg")
+    flagged = run_polygonize(
+        PolygonizeParams(min_area_m2=0), prob, tmp_path / "a.gpkg", water=WaterParams(file=tmp_path / "water.gpkg")
+    )
     assert sorted(flagged.in_permanent_water) == [False, True]
     assert sorted(flagged.permanent_water_fraction.round(3)) == [0.0, 1.0]
-    dropped = polygonize_scene(prob, tmp_path / "b.gpkg", permanent_water=tmp_path / "water.gpkg", water_action="drop")
+    dropped = run_polygonize(
+        PolygonizeParams(min_area_m2=0),
+        prob,
+        tmp_path / "b.gpkg",
+        water=WaterParams(file=tmp_path / "water.gpkg", action="drop"),
+    )
     assert len(dropped) == 1 and dropped.iloc[0].n_pixels == 225
     with pytest.raises(ConfigError, match="action"):
-        polygonize_scene(prob, tmp_path / "c.gpkg", permanent_water=tmp_path / "water.gpkg", water_action="hide")
+        run_polygonize(
+            PolygonizeParams(min_area_m2=0),
+            prob,
+            tmp_path / "c.gpkg",
+            water=WaterParams(file=tmp_path / "water.gpkg", action="hide"),
+        )
 
 
 def test_permanent_water_occurrence_raster(tmp_path: Path) -> None:
@@ -106,10 +149,70 @@ def test_permanent_water_occurrence_raster(tmp_path: Path) -> None:
     occurrence = np.zeros((30, 30), np.uint8)  # a 20 m water-occurrence map (percent of time water)
     occurrence[5:10, 5:10] = 90  # the lake
     occurrence[17:25, 17:25] = 30  # seasonally wet ground under the slump: below the 50 % default
-    with rasterio.open(tmp_path / "occ.tif", "w", driver="GTiff", width=30, height=30, count=1, dtype="uint8",
-                       crs="EPSG:32608", transform=rasterio.transform.from_origin(500000, 7700000, 20, 20)) as dst:
+    with rasterio.open(
+        tmp_path / "occ.tif",
+        "w",
+        driver="GTiff",
+        width=30,
+        height=30,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32608",
+        transform=rasterio.transform.from_origin(500000, 7700000, 20, 20),
+    ) as dst:
         dst.write(occurrence, 1)
-    gdf = polygonize_scene(prob, tmp_path / "a.gpkg", permanent_water=tmp_path / "occ.tif")
+    gdf = run_polygonize(
+        PolygonizeParams(min_area_m2=0), prob, tmp_path / "a.gpkg", water=WaterParams(file=tmp_path / "occ.tif")
+    )
     assert sorted(gdf.in_permanent_water) == [False, True]
-    wet = polygonize_scene(prob, tmp_path / "b.gpkg", permanent_water=tmp_path / "occ.tif", water_min_occurrence=25)
+    wet = run_polygonize(
+        PolygonizeParams(min_area_m2=0),
+        prob,
+        tmp_path / "b.gpkg",
+        water=WaterParams(file=tmp_path / "occ.tif", min_occurrence=25),
+    )
     assert wet.in_permanent_water.all()
+
+
+def _grid_raster(path: Path, transform: rasterio.Affine, shape: tuple[int, int] = (8, 8)) -> Path:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=shape[1],
+        height=shape[0],
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32608",
+        transform=transform,
+    ) as dst:
+        dst.write(np.zeros(shape, np.uint8), 1)
+    return path
+
+
+def test_open_quality_mask_checks_the_grid_with_one_tolerance(tmp_path: Path) -> None:
+    origin = rasterio.Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 7_700_000.0)
+    grid = q.Grid(rasterio.crs.CRS.from_epsg(32608), origin, (8, 8))
+    # write round-off far below a pixel is the same grid
+    nearly = _grid_raster(tmp_path / "nearly.tif", origin * rasterio.Affine.translation(1e-8, 0))
+    with q.open_quality_mask(nearly, grid, "scene.tif") as mask:
+        assert mask.read(1).shape == (8, 8)
+    shifted = _grid_raster(tmp_path / "shifted.tif", origin * rasterio.Affine.translation(1, 0))
+    with pytest.raises(
+        InputError,
+        match=r"shifted\.tif: quality mask grid \(.*origin \(500010, 7700000\)\) is not "
+        r"on the grid of scene\.tif \(.*origin \(500000, 7700000\)\); use the mask",
+    ):
+        with q.open_quality_mask(shifted, grid, "scene.tif"):
+            pass
+    smaller = _grid_raster(tmp_path / "smaller.tif", origin, (8, 7))
+    with pytest.raises(InputError, match=r"7x8 px.*is not on the grid"):
+        with q.open_quality_mask(smaller, grid, "scene.tif"):
+            pass
+    with pytest.raises(InputError, match=r"missing\.tif: quality mask not found"):
+        with q.open_quality_mask(tmp_path / "missing.tif", grid, "scene.tif"):
+            pass
+    (tmp_path / "corrupt.tif").write_bytes(b"not a tiff")
+    with pytest.raises(InputError, match=r"corrupt\.tif: cannot read the quality mask"):
+        with q.open_quality_mask(tmp_path / "corrupt.tif", grid, "scene.tif"):
+            pass

@@ -29,7 +29,9 @@ import rasterio
 
 from pixeldino.errors import InputError, NoScenesError
 from pixeldino.fetch import fetch_scene
-from pixeldino.search import read_manifest, search_scenes
+from pixeldino.manifest import read_manifest
+from pixeldino.providers import StacParams
+from pixeldino.search import SearchParams, search_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_STAC = REPO / "resources" / "demo" / "stac"
@@ -42,6 +44,12 @@ pytestmark = [
     pytest.mark.skipif(not (DEMO_STAC / "catalog.json").exists(), reason="resources/demo is not built"),
     pytest.mark.skipif(not RUSTAC.exists(), reason="rustac is not installed in this environment"),
 ]
+
+
+def search(catalog: str | Path, *, collection: str | None = None, bands: list[str], **params) -> dict:
+    """:func:`search_scenes` on a catalog or API; ``params`` are :class:`SearchParams` fields."""
+    stac = StacParams(catalog=str(catalog), collection=collection)
+    return search_scenes(SearchParams(**params), stac, bands=bands)
 
 
 class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -96,8 +104,11 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         size = len(data)
         spec = self.headers.get("Range")
         if spec is None:
-            self._send(200, {"Content-Length": str(size), "Accept-Ranges": "bytes",
-                             "Content-Type": "application/octet-stream"}, data)
+            self._send(
+                200,
+                {"Content-Length": str(size), "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"},
+                data,
+            )
             return
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", spec.strip())
         if not m or (not m.group(1) and not m.group(2)):
@@ -111,9 +122,16 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
         if start >= size or start > end:
             self._send(416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
             return
-        self._send(206, {"Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1),
-                         "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"},
-                   data[start : end + 1])
+        self._send(
+            206,
+            {
+                "Content-Range": f"bytes {start}-{end}/{size}",
+                "Content-Length": str(end - start + 1),
+                "Accept-Ranges": "bytes",
+                "Content-Type": "application/octet-stream",
+            },
+            data[start : end + 1],
+        )
 
     do_GET = _handle
     do_HEAD = _handle
@@ -143,7 +161,9 @@ class RangeServer:
         """Answer the next ``times`` requests for ``path`` with 503."""
         self.httpd.fail[path] = times  # type: ignore[attr-defined]
 
-    def throttle_next(self, path: str, times: int, status: int, retry_after: str, ranged_reads_only: bool = False) -> None:
+    def throttle_next(
+        self, path: str, times: int, status: int, retry_after: str, ranged_reads_only: bool = False
+    ) -> None:
         """Answer the next ``times`` requests for ``path`` (only block reads, if asked) with ``status`` and
         ``Retry-After: retry_after``."""
         self.httpd.throttle[path] = [times, status, retry_after, ranged_reads_only]  # type: ignore[attr-defined]
@@ -217,8 +237,12 @@ def stac_api(tmp_path_factory: pytest.TempPathFactory, range_server: RangeServer
     tmp = tmp_path_factory.mktemp("rustac")
     coll_file, items_file = _served_copy(tmp, range_server.url)
     addr = f"127.0.0.1:{_free_port()}"
-    proc = subprocess.Popen([str(RUSTAC), "serve", "--addr", addr, str(coll_file), str(items_file)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp)
+    proc = subprocess.Popen(
+        [str(RUSTAC), "serve", "--addr", addr, str(coll_file), str(items_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp,
+    )
     url = f"http://{addr}"
     try:
         _wait_for(url + "/", proc)
@@ -245,31 +269,40 @@ def test_range_server_answers_ranges(range_server: RangeServer, cog_root: Path) 
 
 
 def test_search_against_rustac_returns_the_demo_scenes(stac_api: str, range_server: RangeServer) -> None:
-    api = search_scenes(stac_api, collection="sentinel-2-l1c", datetime="2021-06-01/2021-09-30", bands=PEEL[:4])
-    local = search_scenes(DEMO_STAC / "catalog.json", datetime="2021-06-01/2021-09-30", bands=PEEL[:4])
+    api = search(stac_api, collection="sentinel-2-l1c", datetime="2021-06-01/2021-09-30", bands=PEEL[:4])
+    local = search(DEMO_STAC / "catalog.json", datetime="2021-06-01/2021-09-30", bands=PEEL[:4])
     assert api["provider"]["name"] == "custom"
     # rustac's memory backend announces neither the Filter nor the Query extension: filters run on the client
     assert api["provider"]["server_filter"] == "client"
-    assert [s["id"] for s in api["scenes"]] == [s["id"] for s in local["scenes"]] == [
-        "S2_08WMA_20210821", "S2_52WEE_20210721"]
+    assert (
+        [s["id"] for s in api["scenes"]]
+        == [s["id"] for s in local["scenes"]]
+        == ["S2_08WMA_20210821", "S2_52WEE_20210721"]
+    )
     for a, b in zip(api["scenes"], local["scenes"]):
         for key in ("tile", "datetime", "cloud_cover", "processing_baseline", "crs", "clear_fraction"):
             assert a[key] == b[key], key
         assert a["assets"]["B04"] == f"{range_server.url}/{a['id']}/B04.tif"
     # server-side spatial search plus client-side limits
-    m = search_scenes(stac_api, collection="sentinel-2-l1c", aoi=[-135.7, 68.0, -135.6, 68.1], max_cloud_cover=3,
-                      bands=PEEL[:4])
+    m = search(
+        stac_api, collection="sentinel-2-l1c", aoi=[-135.7, 68.0, -135.6, 68.1], max_cloud_cover=3, bands=PEEL[:4]
+    )
     assert [s["tile"] for s in m["scenes"]] == ["08WMA"]
 
 
 def test_search_over_api_by_tile_and_season(stac_api: str) -> None:
-    m = search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], years=[2020, 2021], months=[7],
-                      bands=PEEL[:4])
+    m = search(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], years=[2020, 2021], months=[7], bands=PEEL[:4])
     assert [s["id"] for s in m["scenes"]] == ["S2_52WEE_20210721"]
     assert m["query"]["windows"] == ["2020-07-01/2020-07-31", "2021-07-01/2021-07-31"]
     with pytest.raises(NoScenesError) as err:
-        search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["08WMA"], years=[2022, 2023],
-                      max_cloud_cover=10, bands=PEEL[:4])
+        search(
+            stac_api,
+            collection="sentinel-2-l1c",
+            tiles=["08WMA"],
+            years=[2022, 2023],
+            max_cloud_cover=10,
+            bands=PEEL[:4],
+        )
     msg = str(err.value)
     assert "\n" not in msg
     for part in ("08WMA", "2022-07-01/2022-08-31", "2023-07-01/2023-08-31", "cloud cover <= 10%", "max_cloud_cover"):
@@ -280,16 +313,32 @@ def test_cli_search_against_rustac(stac_api: str, tmp_path: Path, capsys: pytest
     from pixeldino.cli import main
 
     out = tmp_path / "manifest.json"
-    assert main(["search", "--catalog", stac_api, "--collection", "sentinel-2-l1c", "--bands", "B02,B03,B04,B08",
-                 "--datetime", "2021-07-01/2021-08-31", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--catalog",
+                stac_api,
+                "--collection",
+                "sentinel-2-l1c",
+                "--bands",
+                "B02,B03,B04,B08",
+                "--datetime",
+                "2021-07-01/2021-08-31",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     manifest = read_manifest(out)
     assert [s["tile"] for s in manifest["scenes"]] == ["08WMA", "52WEE"]
     assert "S2_08WMA_20210821" in capsys.readouterr().out
 
 
 def test_http_fetch_is_pixel_identical_to_local(stac_api: str, range_server: RangeServer, tmp_path: Path) -> None:
-    remote = search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["08WMA"], bands=PEEL)["scenes"][0]
-    local = search_scenes(DEMO_STAC / "catalog.json", tiles=["08WMA"], bands=PEEL)["scenes"][0]
+    remote = search(stac_api, collection="sentinel-2-l1c", tiles=["08WMA"], bands=PEEL)["scenes"][0]
+    local = search(DEMO_STAC / "catalog.json", tiles=["08WMA"], bands=PEEL)["scenes"][0]
     start = len(range_server.log)
     a = fetch_scene(remote, PEEL, tmp_path / "http" / "peel.tif")
     b = fetch_scene(local, PEEL, tmp_path / "local" / "peel.tif")
@@ -304,7 +353,7 @@ def test_http_fetch_is_pixel_identical_to_local(stac_api: str, range_server: Ran
 
 
 def test_transient_http_errors_are_retried(stac_api: str, range_server: RangeServer, tmp_path: Path) -> None:
-    scene = search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B11"])["scenes"][0]
+    scene = search(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B11"])["scenes"][0]
     path = "/S2_52WEE_20210721/B11.tif"
     range_server.fail_next(path, 2)
     out = fetch_scene(scene, ["B11"], tmp_path / "byk.tif")
@@ -314,10 +363,10 @@ def test_transient_http_errors_are_retried(stac_api: str, range_server: RangeSer
         assert np.array_equal(ds.read(1), src.read(1))
 
 
-def test_missing_remote_asset_is_one_line_and_leaves_nothing(stac_api: str, range_server: RangeServer,
-                                                             tmp_path: Path) -> None:
-    scene = copy.deepcopy(
-        search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["08WMA"], bands=PEEL[:2])["scenes"][0])
+def test_missing_remote_asset_is_one_line_and_leaves_nothing(
+    stac_api: str, range_server: RangeServer, tmp_path: Path
+) -> None:
+    scene = copy.deepcopy(search(stac_api, collection="sentinel-2-l1c", tiles=["08WMA"], bands=PEEL[:2])["scenes"][0])
     scene["assets"]["B03"] = f"{range_server.url}/S2_08WMA_20210821/B03_gone.tif"
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -330,7 +379,7 @@ def test_missing_remote_asset_is_one_line_and_leaves_nothing(stac_api: str, rang
 
 def test_429_with_retry_after_is_waited_out(stac_api: str, range_server: RangeServer, tmp_path: Path) -> None:
     """A provider's rate limit: the first request is answered 429 with Retry-After: 1, then the file is served."""
-    scene = search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B12"])["scenes"][0]
+    scene = search(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B12"])["scenes"][0]
     path = "/S2_52WEE_20210721/B12.tif"
     range_server.throttle_next(path, 1, 429, "1")
     out = fetch_scene(scene, ["B12"], tmp_path / "byk.tif")
@@ -341,9 +390,10 @@ def test_429_with_retry_after_is_waited_out(stac_api: str, range_server: RangeSe
         assert np.array_equal(ds.read(1), src.read(1))
 
 
-def test_503_during_block_reads_is_retried_by_pixeldino(stac_api: str, range_server: RangeServer,
-                                                        tmp_path: Path) -> None:
-    scene = search_scenes(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B08"])["scenes"][0]
+def test_503_during_block_reads_is_retried_by_pixeldino(
+    stac_api: str, range_server: RangeServer, tmp_path: Path
+) -> None:
+    scene = search(stac_api, collection="sentinel-2-l1c", tiles=["52WEE"], bands=["B08"])["scenes"][0]
     path = "/S2_52WEE_20210721/B08.tif"  # larger than GDAL's first read: its blocks come in later range requests
     range_server.throttle_next(path, 2, 503, "0", ranged_reads_only=True)
     out = fetch_scene(scene, ["B08"], tmp_path / "byk.tif")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import csv
+import json
 import math
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,20 +13,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pixeldino import train as train_module
 from pixeldino.errors import TrainingError
+from pixeldino.metrics import calibrate_threshold, confusion_metrics
 from pixeldino.modelio import load_model, read_metadata
-from pixeldino.normalise import normalise
 from pixeldino.train import (
     TrainConfig,
-    calibrate_threshold,
+    Trainer,
+    TrainingChips,
+    TrainOutputs,
     ema_momentum_at,
     lr_at,
-    metrics_from_counts,
-    normalise_torch,
-    train,
-    train_from_store,
+    run_train,
 )
+from pixeldino.train import trainer as trainer_module
 
 BANDS = ["B02", "B03", "B04"]
 SIZE = 32
@@ -54,12 +50,17 @@ def squares(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def data() -> dict[str, np.ndarray]:
+def squares_data() -> dict[str, np.ndarray]:
+    """The arrays of :class:`TrainingChips` for the squares task: 48 labelled, 12 validation, 48 unlabelled."""
     li, lm = squares(48, 0)
     vi, vm = squares(12, 1)
     ui, _ = squares(48, 2)
     return {"labelled_images": li, "labelled_masks": lm, "val_images": vi, "val_masks": vm, "unlabelled_images": ui}
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    return squares_data()
 
 
 def tiny(mode: str, steps: int, **kw: object) -> TrainConfig:
@@ -71,8 +72,10 @@ def tiny(mode: str, steps: int, **kw: object) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def run(data: dict[str, np.ndarray], out: Path, config: TrainConfig, **kw: object) -> dict:
-    return train(**data, bands=BANDS, out_dir=out, config=config, progress=False, **kw)
+def run(data: dict[str, np.ndarray], out: Path, config: TrainConfig, resume: bool = True) -> dict:
+    """Train on the in-memory chips ``data`` with everything written to ``out`` (the CLI's layout)."""
+    chips = TrainingChips(bands=BANDS, **data)
+    return run_train(config, chips, TrainOutputs.in_dir(out), resume=resume, progress=False)
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
@@ -148,17 +151,17 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path, monkeyp
     config = tiny("pixeldino", 6, checkpoint_every=3, val_every=3)
     run(data, tmp_path / "full", config)
 
-    original = train_module.Trainer.train_step
+    original = Trainer.train_step
 
     def killed_after_3(self):  # the process dies while working on step 4
         if self.step == 3:
             raise KeyboardInterrupt
         return original(self)
 
-    monkeypatch.setattr(train_module.Trainer, "train_step", killed_after_3)
+    monkeypatch.setattr(Trainer, "train_step", killed_after_3)
     with pytest.raises(KeyboardInterrupt):
         run(data, tmp_path / "resumed", config)
-    monkeypatch.setattr(train_module.Trainer, "train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     run(data, tmp_path / "resumed", config, resume=True)
 
@@ -198,7 +201,7 @@ def test_input_errors(data, tmp_path) -> None:
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch) -> None:
-    original = train_module.labelled_loss
+    original = trainer_module.labelled_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -206,7 +209,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path, mon
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] >= 5 else loss
 
-    monkeypatch.setattr(train_module, "labelled_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "labelled_loss", poisoned)
     with pytest.raises(TrainingError) as info:
         run(data, tmp_path, tiny("supervised", 10, checkpoint_every=2))
     message = str(info.value)
@@ -218,12 +221,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path, mon
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_train_from_store_checks_bands_and_emptiness(data, tmp_path, monkeypatch) -> None:
+def test_run_train_reads_a_chip_set_and_checks_bands_and_emptiness(data, tmp_path) -> None:
     class FakeStore:
-        def __init__(self, path, empty: bool = False) -> None:
+        """Reads like :class:`pixeldino.chipstore.ChipStore`; ``empty`` has no labelled chips, neither has val."""
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
             self.bands = BANDS
-            self.chip_size = SIZE
-            self.empty = Path(path).name == "empty"
+            self.empty = path.name == "empty"
 
         def labelled(self, split: str = "train"):
             if self.empty or split == "val":
@@ -233,35 +238,34 @@ def test_train_from_store_checks_bands_and_emptiness(data, tmp_path, monkeypatch
         def unlabelled(self):
             return data["unlabelled_images"]
 
-    monkeypatch.setitem(sys.modules, "pixeldino.chip", types.SimpleNamespace(ChipStore=FakeStore))
+    out = TrainOutputs.in_dir(tmp_path / "out")
     with pytest.raises(TrainingError, match="expects B02, B03, B08"):
-        train_from_store(tmp_path / "store", tmp_path / "out", tiny("supervised", 2), bands=["B02", "B03", "B08"])
-    with pytest.raises(TrainingError, match="no labelled training chips"):
-        train_from_store(tmp_path / "empty", tmp_path / "out", tiny("supervised", 2))
-    metrics = train_from_store(tmp_path / "store", tmp_path / "out", tiny("pixeldino", 2), bands=BANDS, progress=False)
+        run_train(tiny("supervised", 2), FakeStore(tmp_path / "store"), out, bands=["B02", "B03", "B08"])
+    with pytest.raises(TrainingError, match="empty: the chip store has no labelled training chips"):
+        run_train(tiny("supervised", 2), FakeStore(tmp_path / "empty"), out)
+    metrics = run_train(tiny("pixeldino", 2), FakeStore(tmp_path / "store"), out, bands=BANDS, progress=False)
     assert metrics["val"] is None and metrics["threshold"] == 0.5
+
+
+def test_every_output_goes_where_the_caller_says(data, tmp_path) -> None:
+    outputs = TrainOutputs(
+        model=tmp_path / "models" / "m.safetensors", log_csv=tmp_path / "logs" / "log.csv",
+        curves_png=tmp_path / "plots" / "curves.png", work_dir=tmp_path / "work",
+    )  # fmt: skip
+    chips = TrainingChips(bands=BANDS, **data)
+    run_train(tiny("pixeldino", 2), chips, outputs, progress=False)
+    assert read_metadata(tmp_path / "models" / "m.json")["mode"] == "pixeldino"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m.json", "m.safetensors"]
+    assert len(read_log(outputs.log_csv)) == 2 and outputs.curves_png.stat().st_size > 1000
+    assert outputs.checkpoint_dir == tmp_path / "work" / "checkpoint"
+    assert (outputs.checkpoint_dir / "state.json").exists()
+    assert {p.name for p in (tmp_path / "work").iterdir()} <= {"checkpoint", "tensorboard"}
 
 
 def test_zscore_statistics_are_computed_and_stored(data, tmp_path) -> None:
     run(data, tmp_path, tiny("supervised", 2, normalisation={"method": "zscore"}))
     spec = read_metadata(tmp_path / "model.json")["normalisation"]
     assert spec["method"] == "zscore" and len(spec["center"]) == len(BANDS) and all(s > 0 for s in spec["scale"])
-
-
-SPECS = [
-    {"method": "logsigmoid"},
-    {"method": "scale", "factor": 1e-4},
-    {"method": "zscore", "center": [1000, 900, 800], "scale": [300, 200, 100]},
-]
-
-
-@pytest.mark.parametrize("spec", SPECS)
-def test_torch_normalisation_matches_numpy(spec) -> None:
-    dn = np.random.default_rng(0).integers(1, 12000, size=(2, 3, 8, 8)).astype(np.uint16)
-    ours = normalise_torch(torch.from_numpy(dn).float(), spec).numpy()
-    np.testing.assert_allclose(ours, normalise(dn, spec, band_axis=1), rtol=1e-5, atol=1e-6)
-    dn[:, :, 0, 0] = 0
-    assert (normalise_torch(torch.from_numpy(dn).float(), spec)[:, :, 0, 0] == 0).all()
 
 
 def test_schedules_and_threshold_calibration() -> None:
@@ -274,7 +278,7 @@ def test_schedules_and_threshold_calibration() -> None:
     counts[12] = [10, 1, 1]  # threshold 0.65
     assert calibrate_threshold(counts) == 0.65
     assert calibrate_threshold(np.zeros((19, 3))) == 0.5
-    assert math.isnan(metrics_from_counts(0, 0, 0)["iou"])
+    assert confusion_metrics(0, 0, 0)["iou"] is None
 
 
 def test_augmentation_overrides_reach_the_trainer(data, tmp_path) -> None:
@@ -286,8 +290,13 @@ def test_augmentation_overrides_reach_the_trainer(data, tmp_path) -> None:
     with pytest.raises(TrainingError, match="unknown augmentation setting"):
         strong_augment_config({"brightnes": 0.1})
     # no colour change at all: the photometric part of the labelled augmentation is the identity
-    run(data, tmp_path / "m", tiny("supervised+aug", 2, augment={"brightness": 0.0, "contrast": 0.0,
-                                                                  "gamma_range": [1.0, 1.0], "blur_p": 0.0}))
+    run(
+        data,
+        tmp_path / "m",
+        tiny(
+            "supervised+aug", 2, augment={"brightness": 0.0, "contrast": 0.0, "gamma_range": [1.0, 1.0], "blur_p": 0.0}
+        ),
+    )
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["training"]["augment"]["brightness"] == 0.0
 

@@ -1,4 +1,4 @@
-"""train_from_store on a REAL chip store: make_chips over small synthetic scenes with real RTS outlines."""
+"""run_train on a REAL chip store: run_chip over small synthetic scenes with real RTS outlines."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import json
 
 import geopandas as gpd
 import pytest
-import torch
 from shapely.geometry import box
 
 from pixeldino import synthetic
-from pixeldino.chip import ChipStore, make_chips
+from pixeldino.chip import ChipParams, run_chip
+from pixeldino.chipstore import ChipStore
 from pixeldino.errors import PixeldinoError, TrainingError
 from pixeldino.modelio import load_model, read_metadata
-from pixeldino.train import TrainConfig, train_from_store
+from pixeldino.train import TrainConfig, TrainOutputs, run_train
 
 BANDS = list(synthetic.BANDS)
 CHIP = 32
@@ -43,9 +43,10 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def store(scenes, tmp_path_factory):
     out = tmp_path_factory.mktemp("chips") / "chips.zarr"
-    stats = make_chips(
-        scenes=[scenes["scene"]], bands=BANDS, out_path=out, labels=scenes["labels"], holdout=scenes["holdout"],
-        unlabelled_scenes=[scenes["unlabelled"]], chip_size=CHIP, n_labelled=16, n_unlabelled=16, seed=0,
+    stats = run_chip(
+        ChipParams(size=CHIP, n_labelled=16, n_unlabelled=16, seed=0),
+        scenes=[scenes["scene"]], bands=BANDS, out=out, labels=scenes["labels"], holdout=scenes["holdout"],
+        unlabelled_scenes=[scenes["unlabelled"]],
     )  # fmt: skip
     assert stats["counts"]["train"] == 16 and stats["counts"]["val"] >= 1 and stats["counts"]["unlabelled"] == 16
     assert stats["counts"]["train_positive"] > 0
@@ -62,7 +63,7 @@ def tiny(mode: str, steps: int = 3) -> TrainConfig:
 
 def test_train_from_a_real_store_exports_the_store_layout(store, tmp_path) -> None:
     chip_store = ChipStore(store)
-    metrics = train_from_store(store, tmp_path, tiny("pixeldino"), bands=BANDS, progress=False)
+    metrics = run_train(tiny("pixeldino"), store, TrainOutputs.in_dir(tmp_path), bands=BANDS, progress=False)
     assert metrics["step"] == 3 and metrics["exported"] == "teacher"
     assert metrics["val"] is not None  # the hold-out strip became validation chips
     meta = read_metadata(tmp_path / "model.json")
@@ -77,23 +78,23 @@ def test_train_from_a_real_store_exports_the_store_layout(store, tmp_path) -> No
 def test_store_bands_must_match(store, tmp_path) -> None:
     wanted = ["B02", "B03", "B04", "B08"]
     with pytest.raises(TrainingError, match="expects B02, B03, B04, B08") as info:
-        train_from_store(store, tmp_path, tiny("supervised"), bands=wanted, progress=False)
+        run_train(tiny("supervised"), store, TrainOutputs.in_dir(tmp_path), bands=wanted, progress=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "model.safetensors").exists()
 
 
 def test_store_without_labelled_chips_is_a_one_line_error(scenes, tmp_path) -> None:
     out = tmp_path / "unlabelled_only.zarr"
-    make_chips(scenes=[], bands=BANDS, out_path=out, unlabelled_scenes=[scenes["unlabelled"]], chip_size=CHIP,
-               n_labelled=0, n_unlabelled=4)  # fmt: skip
+    run_chip(ChipParams(size=CHIP, n_labelled=0, n_unlabelled=4), scenes=[], bands=BANDS, out=out,
+             unlabelled_scenes=[scenes["unlabelled"]])  # fmt: skip
     with pytest.raises(TrainingError, match="no labelled training chips") as info:
-        train_from_store(out, tmp_path / "model", tiny("supervised"), progress=False)
+        run_train(tiny("supervised"), out, TrainOutputs.in_dir(tmp_path / "model"), progress=False)
     assert "\n" not in str(info.value)
 
 
 def test_empty_store_is_a_one_line_error(scenes, tmp_path) -> None:
     out = tmp_path / "empty.zarr"
-    make_chips(scenes=[scenes["scene"]], bands=BANDS, out_path=out, chip_size=CHIP, n_labelled=0, n_unlabelled=0)
+    run_chip(ChipParams(size=CHIP, n_labelled=0, n_unlabelled=0), scenes=[scenes["scene"]], bands=BANDS, out=out)
     with pytest.raises(PixeldinoError, match="no chips") as info:
-        train_from_store(out, tmp_path / "model", tiny("supervised"), progress=False)
+        run_train(tiny("supervised"), out, TrainOutputs.in_dir(tmp_path / "model"), progress=False)
     assert "\n" not in str(info.value)

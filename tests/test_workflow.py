@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
+import yaml
 from wfutil import ROOT, copy_workflow, run_snakemake
 
 DEMO = ROOT / "resources" / "demo"
@@ -31,6 +34,33 @@ def test_dry_run_of_the_default_config(tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "search_scenes" in out  # the checkpoint comes first; the rest is planned from its manifest
+
+
+def test_a_minimal_user_config_inherits_nothing_from_the_demo(tmp_path) -> None:
+    """stac, search.aoi and labels.file are all a user needs; the run is named after the file, no demo site,
+    hold-out or path leaks in."""
+    work = _workdir(tmp_path)
+    (work / "config" / "lena_2023.yaml").write_text(
+        "stac: {provider: earth-search}\n"
+        "search: {aoi: [126.0, 72.0, 127.0, 72.5], years: [2023]}\n"
+        "labels: {file: resources/demo/labels/peel_consensus.gpkg}\n"
+    )
+    res = snakemake(work, "-n", "--configfile", "config/lena_2023.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "results/lena_2023/manifest.json" in out and "results/lena_2023/rts_polygons.gpkg" in out
+    assert "results/demo" not in out and "evaluation" not in out  # no evaluation sites configured
+    effective = subprocess.run(
+        [sys.executable, "-m", "pixeldino", "config", "config/lena_2023.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=True,
+    ).stdout
+    cfg = yaml.safe_load(effective)
+    assert cfg["run"] == "lena_2023" and cfg["evaluate"]["sites"] == []
+    assert cfg["labels"] == {"file": "resources/demo/labels/peel_consensus.gpkg", "footprint": None, "holdout": None}
 
 
 def test_lint_is_clean(tmp_path) -> None:
@@ -87,15 +117,37 @@ def test_fetch_all_downloads_only_scenes_and_fetch_local_keeps_them_off_the_clus
     assert res.returncode == 0, out[-3000:]
     assert 'network=Resource("network", 8)' in out and out.count("network=1") == 2
     results = work / "results" / "demo"
-    assert sorted(p.name for p in (results / "scenes").glob("*.tif")) == ["S2_08WMA_20210821.tif", "S2_52WEE_20210721.tif"]
+    assert sorted(p.name for p in (results / "scenes").glob("*.tif")) == [
+        "S2_08WMA_20210821.tif",
+        "S2_52WEE_20210721.tif",
+    ]
     assert not (results / "chips").exists() and not (results / "model").exists()
 
     pytest.importorskip("snakemake_executor_plugin_slurm")
     env = _fake_slurm_env(tmp_path)
-    slurm = ["--workflow-profile", "workflow/profiles/slurm", "--latency-wait", "1", "--retries", "0",
-             "--slurm-init-seconds-before-status-checks", "1", "--forcerun", "fetch_scene"]
-    local = run_snakemake(work, *slurm, "--configfile", "config/config.yaml", "config/fetch_local.yaml", "--",
-                          "fetch_all", timeout=300, env=env)
+    slurm = [
+        "--workflow-profile",
+        "workflow/profiles/slurm",
+        "--latency-wait",
+        "1",
+        "--retries",
+        "0",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--forcerun",
+        "fetch_scene",
+    ]
+    local = run_snakemake(
+        work,
+        *slurm,
+        "--configfile",
+        "config/config.yaml",
+        "config/fetch_local.yaml",
+        "--",
+        "fetch_all",
+        timeout=300,
+        env=env,
+    )
     assert local.returncode == 0, (local.stdout + local.stderr)[-3000:]  # ran here: nothing was submitted
     sbatch_log = tmp_path / "state" / "sbatch.log"
     assert not sbatch_log.exists() or "rule_fetch_scene" not in sbatch_log.read_text()
@@ -174,11 +226,22 @@ def test_multiyear_variant_runs_the_change_rule(demo_run) -> None:
 
     from pixeldino.catalog import validate_catalog
 
-    build = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_multiyear_demo.py"), "resources/multiyear"],
-                           cwd=demo_run, capture_output=True, text=True)
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_multiyear_demo.py"), "resources/multiyear"],
+        cwd=demo_run,
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
-    (demo_run / "config" / "test" / "reuse_model.yaml").write_text("train: {model: results/fast/model/model.safetensors}\n")
-    configs = ["config/config.yaml", "config/test/fast.yaml", "config/test/multiyear.yaml", "config/test/reuse_model.yaml"]
+    (demo_run / "config" / "test" / "reuse_model.yaml").write_text(
+        "train: {model: results/fast/model/model.safetensors}\n"
+    )
+    configs = [
+        "config/config.yaml",
+        "config/test/fast.yaml",
+        "config/test/multiyear.yaml",
+        "config/test/reuse_model.yaml",
+    ]
     res = snakemake(demo_run, "--configfile", *configs)
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     out = demo_run / "results" / "multiyear"
@@ -209,9 +272,19 @@ def test_slurm_profile_submits_gpu_jobs(demo_run, tmp_path) -> None:
     """
     pytest.importorskip("snakemake_executor_plugin_slurm")
     env = _fake_slurm_env(tmp_path)
-    profile = ["--workflow-profile", "workflow/profiles/slurm", "--latency-wait", "1", "--retries", "0",
-               "--slurm-init-seconds-before-status-checks", "1",
-               "--configfile", "config/config.yaml", "config/test/fast.yaml"]
+    profile = [
+        "--workflow-profile",
+        "workflow/profiles/slurm",
+        "--latency-wait",
+        "1",
+        "--retries",
+        "0",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--configfile",
+        "config/config.yaml",
+        "config/test/fast.yaml",
+    ]
     for rule in ("predict_scene", "train"):  # predict first: a failed train would remove the model
         res = run_snakemake(demo_run, *profile, "--forcerun", rule, "--until", rule, timeout=300, env=env)
         assert "Error" in res.stdout + res.stderr  # the stand-in reports every job as failed

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from wfutil import ROOT, SNAKEMAKE, copy_workflow, job_counts, run_snakemake
 
 pytestmark = pytest.mark.workflow
@@ -70,8 +69,13 @@ def test_killed_run_resumes_with_only_the_unfinished_work(work: Path) -> None:
     overlay = work / "config" / "test" / "fast.yaml"
     overlay.write_text(overlay.read_text().replace("steps: 12", "steps: 400"))  # long enough to be interrupted
     proc = subprocess.Popen(
-        [SNAKEMAKE, *args], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        [SNAKEMAKE, *args],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
         # a shell's background job inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt handler
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

@@ -28,9 +28,7 @@ def run_snakemake(
 ) -> subprocess.CompletedProcess[str]:
     """Run snakemake in ``work`` with the package importable from the checkout."""
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run(
-        [SNAKEMAKE, *args], cwd=work, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+    return subprocess.run([SNAKEMAKE, *args], cwd=work, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 def job_counts(output: str) -> dict[str, int]:

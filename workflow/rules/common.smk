@@ -7,7 +7,7 @@ from pixeldino.config import validate_config
 from pixeldino.errors import ConfigError
 
 try:
-    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), source="config")
+    validate_config(config, source="config", configfiles=workflow.overwrite_configfiles or ["config/config.yaml"])
 except ConfigError as exc:
     # one clear line instead of a traceback through Snakemake's parser
     sys.exit(f"error: {exc}")
@@ -34,12 +34,15 @@ _MANIFEST_CACHE = {}
 
 
 def _read_scenes(path):
-    # input functions call this once per job: parse the (possibly large) manifest once per version of the file
+    # input functions call this once per job: parse the (possibly large) manifest once per version of the file;
+    # read_manifest checks it, so a stale or foreign file fails naming the file and the fix, not with a KeyError
+    from pixeldino.manifest import read_manifest
+
     p = Path(path)
     key = (str(p), p.stat().st_mtime_ns)
     if key not in _MANIFEST_CACHE:
         _MANIFEST_CACHE.clear()
-        _MANIFEST_CACHE[key] = json.loads(p.read_text())["scenes"]
+        _MANIFEST_CACHE[key] = read_manifest(p)["scenes"]
     return _MANIFEST_CACHE[key]
 
 

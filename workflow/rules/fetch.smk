@@ -15,10 +15,10 @@ rule fetch_scene:
         sidecar=f"{RESULTS}/scenes/{{scene}}.json",
     params:
         bands=config["bands"],
+        # what the scene depends on, so that Snakemake re-fetches when it changes and only then: fetch.local (where
+        # jobs run) and fetch.composite (a later target) are left out, and the AOI only matters when clipping
+        fetch={k: v for k, v in config["fetch"].items() if k not in ("local", "composite")},
         aoi=config["search"]["aoi"] if config["fetch"]["clip_to_aoi"] else None,
-        resolution=config["fetch"]["resolution"],
-        harmonize=config["fetch"]["harmonize"],
-        quality_mask=config["fetch"]["quality_mask"],
     log:
         f"{LOGS}/fetch_scene/{{scene}}.log",
     benchmark:

@@ -7,7 +7,7 @@ rule polygonize_scene:
         polygons=f"{RESULTS}/polygons/{{scene}}.gpkg",
     params:
         polygonize=config["polygonize"],
-        water=config["quality"]["permanent_water"],
+        quality=config["quality"],
     log:
         f"{LOGS}/polygonize_scene/{{scene}}.log",
     benchmark:

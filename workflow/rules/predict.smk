@@ -1,6 +1,7 @@
 rule predict_scene:
     input:
         scene=f"{RESULTS}/scenes/{{scene}}.tif",
+        sidecar=f"{RESULTS}/scenes/{{scene}}.json",  # names the scene's quality mask (or null)
         model=MODEL,
     output:
         prob=keep_or_temp(f"{RESULTS}/predictions/{{scene}}_prob.tif", "predictions"),

@@ -15,8 +15,9 @@ if not TRAIN_MODEL:
         params:
             train=config["train"],
             bands=config["bands"],
-            normalisation=config["normalisation"],
-            out_dir=lambda wildcards, output: Path(output.model).parent,
+            # the checkpoint (checkpoint/) and TensorBoard log (tensorboard/) go beside the model, where earlier
+            # versions kept them, so an interrupted run resumes
+            work_dir=lambda wildcards, output: Path(output.model).parent,
         threads: 8  # capped at --cores when run locally; the SLURM profile sets its own
         resources:
             gpu=1,

@@ -1,4 +1,5 @@
 """Snakemake script: the STAC catalog of the run's outputs, validated offline once written."""
+
 from pixeldino.catalog import build_catalog, validate_catalog
 from pixeldino.runner import snakemake_stage
 

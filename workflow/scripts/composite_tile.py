@@ -1,5 +1,6 @@
 """Snakemake script: seasonal median composite of one tile's fetched scenes."""
-from pixeldino.fetch import composite_scenes
+
+from pixeldino.composite import composite_scenes
 from pixeldino.runner import snakemake_stage
 
 

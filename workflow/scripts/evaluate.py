@@ -1,19 +1,27 @@
 """Snakemake script: evaluate the predictions of every configured site against its labels."""
-from pathlib import Path
 
-from pixeldino.pipeline import evaluate_configured_sites
+import logging
+
+from pixeldino.evaluate import run_evaluate
+from pixeldino.manifest import read_manifest
 from pixeldino.runner import snakemake_stage
 
 
 def main() -> None:
-    evaluate_configured_sites(
+    i, out = snakemake.input, snakemake.output
+    document = run_evaluate(
         snakemake.params.sites,
-        manifest=snakemake.input.manifest,
-        predictions_dir=Path(snakemake.input.predictions[0]).parent,
-        scenes_dir=Path(snakemake.input.scenes[0]).parent,
-        out_json=snakemake.output.metrics,
+        scenes=read_manifest(i.manifest)["scenes"],  # the order of the rule's per-scene input lists
+        predictions=list(i.predictions),
+        images=list(i.scenes),
+        quicklooks=list(out.quicklooks),
+        out_json=out.metrics,
         threshold=snakemake.params.threshold,
     )
+    for name, result in document["sites"].items():
+        logging.getLogger("pixeldino.evaluate").info(
+            "%s: pixel IoU %s, object recall %s", name, result["pixel"]["iou"], result["object"]["recall"]
+        )
 
 
 snakemake_stage(snakemake, "evaluate", main)

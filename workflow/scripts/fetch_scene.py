@@ -1,20 +1,22 @@
 """Snakemake script: fetch one scene's bands into a 10 m multi-band COG (plus quality mask and sidecar)."""
-from pixeldino.fetch import fetch_scene
+
+from pathlib import Path
+
+from pixeldino.fetch import FetchParams, run_fetch
 from pixeldino.runner import snakemake_stage
-from pixeldino.search import read_manifest
 
 
 def main() -> None:
-    manifest = read_manifest(snakemake.input.manifest)
-    scene = next(s for s in manifest["scenes"] if s["id"] == snakemake.wildcards.scene)
-    fetch_scene(
-        {"provider": (manifest.get("provider") or {}).get("name"), **scene},
-        snakemake.params.bands,
-        snakemake.output.scene,
+    params = FetchParams(**snakemake.params.fetch)
+    run_fetch(
+        params,
+        manifest=snakemake.input.manifest,
+        bands=snakemake.params.bands,
+        # the scene is written as <out_dir>/<scene id>.tif: the rule's output
+        out_dir=Path(snakemake.output.scene).parent,
+        scene_ids=[snakemake.wildcards.scene],
         aoi=snakemake.params.aoi,
-        resolution=snakemake.params.resolution,
-        harmonize=snakemake.params.harmonize,
-        quality_mask=snakemake.params.quality_mask,
+        overwrite=True,  # Snakemake decided this output is missing or stale
         threads=snakemake.threads,
     )
 

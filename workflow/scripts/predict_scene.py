@@ -1,28 +1,21 @@
 """Snakemake script: sliding-window RTS probability (and pseudo-class QA map) over one whole scene."""
-from pixeldino.pipeline import given, predict_scene_on
-from pixeldino.quality import find_quality_mask
+
+from pixeldino.params import from_config
+from pixeldino.predict import PredictParams, run_predict
+from pixeldino.quality import QualityParams, quality_mask_of
 from pixeldino.runner import snakemake_stage
 
 
 def main() -> None:
-    p = snakemake.params.predict
-    predict_scene_on(
-        p["dask_scheduler"],
+    params = from_config(PredictParams, snakemake.params.predict, num_threads=snakemake.threads)
+    run_predict(
+        params,
         snakemake.input.scene,
         snakemake.input.model,
         snakemake.output.prob,
         out_pseudo=snakemake.output.pseudo,
-        patch_size=p["patch_size"],
-        overlap=p["overlap"],
-        batch_size=p["batch_size"],
-        chunk_size=p["chunk_size"],
-        tta=p["tta"],
-        device=p["device"],
-        backend=p["backend"],
-        precision=p["precision"],
-        num_threads=snakemake.threads,
-        quality_mask=find_quality_mask(snakemake.input.scene),  # the SCL mask fetch wrote, if any (L2A)
-        **given(snakemake.params.quality, {"nodata_classes": "nodata_classes"}),
+        quality_mask=quality_mask_of(snakemake.input.sidecar),  # the SCL mask fetch wrote, if any (L2A)
+        nodata_classes=from_config(QualityParams, snakemake.params.quality).nodata_classes,
     )
 
 

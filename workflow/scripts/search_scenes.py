@@ -1,25 +1,14 @@
 """Snakemake script: search the configured provider and write the scene manifest (checkpoint)."""
+
+from pixeldino.providers import StacParams
 from pixeldino.runner import snakemake_stage
-from pixeldino.search import search_scenes, write_manifest
+from pixeldino.search import SearchParams, run_search
 
 
 def main() -> None:
-    stac, search = snakemake.params.stac, snakemake.params.search
-    manifest = search_scenes(
-        stac["catalog"],
-        provider=stac["provider"],
-        collection=stac["collection"],
-        aoi=search["aoi"],
-        tiles=search["tiles"] or None,
-        datetime=search["datetime"],
-        years=search["years"] or None,
-        months=search["months"],
-        max_cloud_cover=search["max_cloud_cover"],
-        max_snow_cover=search["max_snow_cover"],
-        max_scenes_per_tile=search["max_scenes_per_tile"],
-        bands=snakemake.params.bands,
-    )
-    write_manifest(manifest, snakemake.output.manifest)
+    params = SearchParams(**snakemake.params.search)
+    stac = StacParams(**snakemake.params.stac)
+    run_search(params, stac, bands=snakemake.params.bands, out_manifest=snakemake.output.manifest)
 
 
 snakemake_stage(snakemake, "search", main)

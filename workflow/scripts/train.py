@@ -1,12 +1,20 @@
 """Snakemake script: train a segmentation model on the chips and export it (teacher or student, train.export)."""
-from pixeldino.pipeline import train_config_from
+
+from pathlib import Path
+
+from pixeldino.params import from_config
 from pixeldino.runner import snakemake_stage
-from pixeldino.train import train_from_store
+from pixeldino.train import TrainConfig, TrainOutputs, run_train
 
 
 def main() -> None:
-    config = train_config_from(snakemake.params.train, snakemake.params.normalisation, threads=snakemake.threads)
-    train_from_store(snakemake.input.chips, snakemake.params.out_dir, config, bands=snakemake.params.bands)
+    config = from_config(TrainConfig, snakemake.params.train, source="config train", num_threads=snakemake.threads)
+    out = snakemake.output
+    outputs = TrainOutputs(
+        model=Path(out.model), log_csv=Path(out.log_csv), curves_png=Path(out.curves),
+        work_dir=Path(snakemake.params.work_dir),
+    )  # fmt: skip
+    run_train(config, snakemake.input.chips, outputs, bands=snakemake.params.bands)
 
 
 snakemake_stage(snakemake, "train", main)

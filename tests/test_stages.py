@@ -1,4 +1,4 @@
-"""Glue between config and stages: scene matching for evaluation, and prediction on a dask cluster."""
+"""Stage entry points: scene matching for evaluation, and prediction on a dask cluster."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import rasterio
 from shapely.geometry import box
+from test_predict import make_model, scene_data, write_scene
 
 from pixeldino.errors import InputError
-from pixeldino.pipeline import predict_scene_on, scene_for_aoi, scenes_of_tiles
-from test_predict import make_model, scene_data, write_scene
+from pixeldino.evaluate import scene_for_aoi
+from pixeldino.predict import PredictParams, run_predict
 
 
 def _scene(scene_id: str, tile: str, bbox: list[float]) -> dict:
@@ -28,25 +29,14 @@ def test_scene_for_aoi_picks_the_scene_covering_most_of_it(tmp_path: Path) -> No
         scene_for_aoi(aoi, [_scene("c", "33VUC", [20.0, 60.0, 21.0, 61.0])])
 
 
-def test_scenes_of_tiles_filters_by_manifest_tile(tmp_path: Path) -> None:
-    import json
-
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"scenes": [{"id": "s1", "tile": "08WMA"}, {"id": "s2", "tile": "52WEE"}]}))
-    scenes = [tmp_path / "s1.tif", tmp_path / "s2.tif"]
-    assert scenes_of_tiles(scenes, ["52WEE"], manifest) == [tmp_path / "s2.tif"]
-    assert scenes_of_tiles(scenes, [], manifest) == scenes
-
-
 def test_prediction_on_a_dask_cluster_equals_local(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     scene = write_scene(tmp_path / "scene.tif", scene_data())
     model = make_model(tmp_path / "model.safetensors")
-    local = predict_scene_on(None, scene, model, tmp_path / "local.tif", patch_size=32, chunk_size=64)
+    local = run_predict(PredictParams(patch_size=32, chunk_size=64), scene, model, tmp_path / "local.tif")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        remote = predict_scene_on(
-            cluster.scheduler_address, scene, model, tmp_path / "remote.tif", patch_size=32, chunk_size=64
-        )
+        params = PredictParams(patch_size=32, chunk_size=64, dask_scheduler=cluster.scheduler_address)
+        remote = run_predict(params, scene, model, tmp_path / "remote.tif")
     with rasterio.open(local) as a, rasterio.open(remote) as b:
         assert np.array_equal(a.read(), b.read())
         assert a.tags()["MODEL"] == b.tags()["MODEL"]
