@@ -35,6 +35,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from pixeldino import synthetic  # noqa: E402
 from pixeldino.labels import IGNORE  # noqa: E402
+from pixeldino.synthetic_regions import HELD_OUT_REGIONS, LABELLED_REGIONS, REGIONS  # noqa: E402
 from pixeldino.train import SEMI_MODES  # noqa: E402
 
 TRAIN_SEEDS = (0, 1, 2)
@@ -149,13 +151,21 @@ def build_data(args: argparse.Namespace) -> dict[str, Any]:
     return {"chips": chips, "test": test}
 
 
-def cached_data(args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`build_data`, cached in ``--work-dir`` by the data arguments (every job of a run reads one file)."""
-    source = Path(synthetic.__file__).read_bytes()  # a change of the scene generator makes new data
-    key = json.dumps({k: getattr(args, k) for k in DATA_KEYS}, sort_keys=True) + hashlib.sha256(source).hexdigest()
+#: The modules whose code makes the synthetic scenes: a change of any of them makes new data.
+SCENE_SOURCES = ("synthetic.py", "synthetic_regions.py", "synthetic_terrain.py")
+
+
+def cached_npz(
+    args: argparse.Namespace, keys: tuple[str, ...], sources: tuple[str, ...], build: Callable[..., dict[str, Any]]
+) -> dict[str, Any]:
+    """``build(args)`` (``{"chips": {name: array}, "test": {region: {name: array or int}}}``), cached in
+    ``--work-dir`` as one .npz named by the data arguments ``keys`` and the code of the pixeldino modules
+    ``sources``, so that every job of a run reads one file and changed code makes new data."""
+    code = b"".join((ROOT / "pixeldino" / f).read_bytes() for f in sources)
+    key = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True) + hashlib.sha256(code).hexdigest()
     path = Path(args.work_dir) / f"data-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
     if not path.exists():
-        data = build_data(args)
+        data = build(args)
         flat = {f"chips/{k}": v for k, v in data["chips"].items()}
         for region, t in data["test"].items():
             flat.update({f"test/{region}/{k}": np.asarray(v) for k, v in t.items()})
@@ -173,6 +183,11 @@ def cached_data(args: argparse.Namespace) -> dict[str, Any]:
                 value = z[name]
                 out["test"].setdefault(parts[1], {})[parts[2]] = int(value) if value.ndim == 0 else value
     return out
+
+
+def cached_data(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`build_data`, cached in ``--work-dir`` by the data arguments (every job of a run reads one file)."""
+    return cached_npz(args, DATA_KEYS, SCENE_SOURCES, build_data)
 
 
 def scene_iou(model: Any, spec: dict[str, Any], test: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
@@ -270,9 +285,46 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
-def _records(path: Path, tag: str) -> list[dict[str, Any]]:
+def records(path: Path, tag: str) -> list[dict[str, Any]]:
+    """The records of the runs tagged ``tag`` in the JSON-lines file ``path``."""
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in recs if r["tag"] == tag]
+
+
+def append_record(out: Path, rec: dict[str, Any]) -> None:
+    """Append one run's record to the JSON-lines file ``out`` (as soon as the run ends: a crash keeps the others)."""
+    with out.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def run_jobs(
+    jobs: list[dict[str, Any]],
+    workers: int,
+    run_one: Callable[[dict[str, Any]], dict[str, Any]],
+    record: Callable[[dict[str, Any]], None],
+) -> None:
+    """``run_one`` every job, here or in ``workers`` spawned processes, and ``record`` each result as it comes."""
+    if workers <= 1:
+        for job in jobs:
+            record(run_one(job))
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        for fut in as_completed([pool.submit(run_one, job) for job in jobs]):
+            record(fut.result())
+
+
+def write_summary(path: str, summ: dict[str, Any]) -> None:
+    """Write a ``--summary`` JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(summ, indent=2) + "\n")
+
+
+def add_region_options(p: argparse.ArgumentParser) -> None:
+    """``--labelled-regions`` and ``--held-out-regions``: the regions split of the synthetic benchmarks."""
+    p.add_argument("--labelled-regions", nargs="+", default=list(LABELLED_REGIONS), choices=list(REGIONS))
+    p.add_argument("--held-out-regions", nargs="+", default=list(HELD_OUT_REGIONS), choices=list(REGIONS))
 
 
 def _held_out_mean(rec: dict[str, Any], key: str, regions: list[str]) -> float:
@@ -333,6 +385,15 @@ def summary(recs: list[dict[str, Any]], held_out: list[str], labelled: list[str]
     return out
 
 
+def paired_table(title: str, paired: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines of a table of :func:`paired` differences (mean, 95 % interval, seeds), one row per name."""
+    lines = ["", f"| {title} | mean | 95 % interval | seeds |", "|---|---|---|---|"]
+    for name, p in paired.items():
+        ci = f"[{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}]" if p["ci95"] else "n/a"
+        lines.append(f"| {name} | {p['mean']:+.1f} | {ci} | {p['n']} |")
+    return lines
+
+
 def markdown(summ: dict[str, Any], recs: list[dict[str, Any]], held_out: list[str], labelled: list[str]) -> str:
     """Tables for BENCHMARKS.md from a :func:`summary`."""
     lines = [
@@ -349,10 +410,7 @@ def markdown(summ: dict[str, Any], recs: list[dict[str, Any]], held_out: list[st
             f"**{m['held_out_mean']:.1f} ± {m['held_out_std']:.1f}** | {m['held_out_mean_p05']:.1f} | "
             f"{m['held_out_mean_student']:.1f} | {', '.join(m['exported'])} |"
         )
-    lines += ["", "| paired difference (held-out mean, points) | mean | 95 % interval | seeds |", "|---|---|---|---|"]
-    for name, p in summ["paired"].items():
-        ci = f"[{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}]" if p["ci95"] else "n/a"
-        lines.append(f"| {name} | {p['mean']:+.1f} | {ci} | {p['n']} |")
+    lines += paired_table("paired difference (held-out mean, points)", summ["paired"])
     if summ["oracle_gap_closed"]:
         lines += ["", "Share of the oracle's gap (oracle − supervised+aug) closed: " + ", ".join(
             f"{k} {100 * v:.0f} %" for k, v in summ["oracle_gap_closed"].items())]  # fmt: skip
@@ -366,12 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument(
-        "--labelled-regions", nargs="+", default=list(synthetic.LABELLED_REGIONS), choices=list(synthetic.REGIONS)
-    )
-    p.add_argument(
-        "--held-out-regions", nargs="+", default=list(synthetic.HELD_OUT_REGIONS), choices=list(synthetic.REGIONS)
-    )
+    add_region_options(p)
     p.add_argument("--scene-seed-offset", type=int, default=0, help="added to every data seed: fresh scenes")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=8)
@@ -419,28 +472,18 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
 
         def record(rec: dict[str, Any]) -> None:
-            with out.open("a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+            append_record(out, rec)
             iou = " ".join(f"{r}={v:.3f}" for r, v in rec["test_iou_calibrated"].items() if v is not None)
             print(f"[{rec['tag']}] {rec['mode']:15s} seed {rec['seed']}: val {rec['val_iou_calibrated'] or 0:.3f} | "
                   f"{iou} ({rec['train_seconds']:.0f}s, {rec['exported']})", flush=True)  # fmt: skip
 
-        if args.jobs <= 1:
-            for job in jobs:
-                record(run_one(job))
-        else:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-                for fut in as_completed([pool.submit(run_one, job) for job in jobs]):
-                    record(fut.result())
+        run_jobs(jobs, args.jobs, run_one, record)
         print(f"wall time {time.perf_counter() - t0:.0f} s", flush=True)
-    recs = _records(Path(args.out), args.tag)
+    recs = records(Path(args.out), args.tag)
     summ = summary(recs, args.held_out_regions, args.labelled_regions)
     print(markdown(summ, recs, args.held_out_regions, args.labelled_regions))
     if args.summary:
-        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary).write_text(json.dumps(summ, indent=2) + "\n")
+        write_summary(args.summary, summ)
 
 
 if __name__ == "__main__":

@@ -379,10 +379,22 @@ def strong_augment(
     generator: torch.Generator,
     config: StrongAugmentConfig = StrongAugmentConfig(),
     value_range: tuple[float, float] | None = None,
+    n_photometric: int | None = None,
 ) -> WarpResult:
-    """Strong geometric warp of image and target (shared grid), then photometric changes of the image only."""
+    """Strong geometric warp of image and target (shared grid), then photometric changes of the image only.
+
+    ``n_photometric``: only the first this many channels (the reflectance bands) get the photometric changes;
+    auxiliary layers after them (slope, relative elevation...) are physical quantities that the atmosphere and the
+    sensor do not change, so they are only warped. None: every channel.
+    """
     res = strong_geometric(image, target, generator, config)
-    res.image = photometric(res.image, generator, config, valid=res.valid, value_range=value_range)
+    if n_photometric is None or n_photometric >= res.image.shape[1]:
+        res.image = photometric(res.image, generator, config, valid=res.valid, value_range=value_range)
+    else:
+        spectral = photometric(
+            res.image[:, :n_photometric], generator, config, valid=res.valid, value_range=value_range
+        )
+        res.image = torch.cat([spectral, res.image[:, n_photometric:]], dim=1)
     return res
 
 

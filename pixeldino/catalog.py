@@ -5,6 +5,7 @@ Layout (self-contained, relative hrefs, so the folder can be copied, served over
     stac/catalog.json                     root catalog
     stac/<collection>/collection.json     collection pixeldino-<run>
     stac/<collection>/<item>/<item>.json  items
+    stac/<model item>/<model item>.json   the model card, when given
 
 Scene items (id = scene id) hold the probability COG (``probability``), the pseudo-class QA map
 (``pseudo_classes``), the SCL quality mask when the scene had one (``quality_mask``) and the scene's polygons
@@ -13,99 +14,77 @@ the raster extension (``raster:bands``: data type, nodata, scale). Item ``rts-me
 ``rts-tracks`` the per-year maps and tracks (when the run has several years). Every item records its processing
 provenance: the processing extension (``processing:software`` = pixeldino version, ``processing:lineage``) and
 ``pixeldino:model``, ``pixeldino:threshold``, ``pixeldino:input_items`` (the source Sentinel-2 STAC item ids) and
-``pixeldino:source_collection``.
+``pixeldino:source_collection``. With the model card of the model that made the maps (``model.stac.json``, see
+:mod:`pixeldino.modelcard`), the root catalog holds it as an item (``pixeldino-model-<model id>``, its assets
+pointing to the model files) and the collection and the items made with that model link to it (``derived_from``).
 
-Validation (:func:`validate_catalog`) runs pystac's JSON-schema validation offline. pystac ships the core STAC
-schemas (item, catalog, collection, GeoJSON) but fetches extension schemas from stac-extensions.github.io; without
-network those cannot be fetched, so extension fields are then checked by :func:`check_extension_fields` against
-the rules of the extension versions used here (projection v2.0.0, raster v1.1.0, processing v1.2.0). Give
-``schema_dir`` (a folder of downloaded extension ``schema.json`` files, named ``<extension>-<version>.json``,
-e.g. ``projection-v2.0.0.json``) to validate extensions against the official schemas offline as well.
+Validation of the written catalog: :mod:`pixeldino.stac_checks`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pystac
-import rasterio
 from pyproj import CRS
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
 from pixeldino import __version__
-from pixeldino.errors import InputError, first_line
+from pixeldino.errors import InputError
 from pixeldino.io import atomic_output, read_json
 from pixeldino.quality import CLASS_NAMES
+from pixeldino.rasters import open_raster
+from pixeldino.stac_checks import EXTENSIONS, PROCESSING
 
-PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
-RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
-PROCESSING = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-EXTENSIONS = (PROJECTION, RASTER, PROCESSING)
 MEDIA = {
     "cog": pystac.MediaType.COG,
     "gpkg": "application/geopackage+sqlite3",
     "parquet": "application/vnd.apache.parquet",
     "png": pystac.MediaType.PNG,
 }
-_DATA_TYPES = {
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "cint16",
-    "cint32",
-    "cfloat32",
-    "cfloat64",
-    "other",
-}
 
 
-def _raster_info(path: Path) -> dict[str, Any]:
-    try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                raise InputError(f"{path}: raster has no CRS; re-create it with pixeldino")
-            return {
-                "crs": src.crs,
-                "shape": [src.height, src.width],
-                "transform": list(src.transform)[:6],
-                "bounds": list(src.bounds),
-                "nodata": src.nodata,
-                "dtype": src.dtypes[0],
-                "scale": src.scales[0] if src.scales else 1.0,
-                "tags": src.tags(),
-                "desc": src.descriptions[0],
-            }
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read ({exc}); re-run the stage that wrote it") from None
+def _raster_info(path: Path, what: str = "raster") -> dict[str, Any]:
+    """What an item records of a raster: grid, data type, nodata, scale, tags (InputError if it cannot be read)."""
+    with open_raster(path, what, "re-run the stage that wrote it") as src:
+        return {
+            "crs": src.crs,
+            "shape": [src.height, src.width],
+            "transform": list(src.transform)[:6],
+            "bounds": list(src.bounds),
+            "nodata": src.nodata,
+            "dtype": src.dtypes[0],
+            "scale": src.scales[0] if src.scales else 1.0,
+            "tags": src.tags(),
+            "desc": src.descriptions[0],
+        }
 
 
 def _proj_code(crs: Any) -> str | None:
+    """``EPSG:<code>`` of a CRS, or None where it has no EPSG code (the projection extension allows null)."""
     epsg = CRS.from_user_input(crs).to_epsg()
     return f"EPSG:{epsg}" if epsg else None
 
 
-def _when(value: str | None) -> dt.datetime:
+def _when(value: str | None, sidecar: str | os.PathLike[str] = "the sidecar") -> dt.datetime:
+    """The acquisition time of a sidecar's ``datetime`` (UTC where it names no zone); InputError without one."""
+    fix = "fetch the scene with pixeldino, which writes it"
     if not value:
-        raise InputError("a scene without acquisition date cannot go into the catalog; fetch it with pixeldino")
-    stamp = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        raise InputError(f"{sidecar}: no acquisition date ('datetime'), so the scene cannot go into the catalog; {fix}")
+    try:
+        stamp = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{sidecar}: 'datetime' {value!r} is not an ISO 8601 date; {fix}") from None
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)
 
 
 def _band(info: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The ``raster:bands`` entry of a raster: data type, nodata and scale (offset 0) where set, plus ``extra``."""
     band: dict[str, Any] = {"data_type": info["dtype"]}
     if info["nodata"] is not None:
         band["nodata"] = float(info["nodata"])
@@ -116,7 +95,20 @@ def _band(info: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return band
 
 
+def _cog_asset(path: str | os.PathLike[str], title: str, roles: list[str], band: dict[str, Any]) -> pystac.Asset:
+    """A single-band COG asset (absolute href, made relative when the catalog is saved) with its ``raster:bands``."""
+    return pystac.Asset(
+        str(Path(path).resolve()),
+        title=title,
+        media_type=MEDIA["cog"],
+        roles=roles,
+        extra_fields={"raster:bands": [band]},
+    )
+
+
 def _processing(item: pystac.Item, lineage: str, **props: Any) -> None:
+    """Record provenance on an item: pixeldino version, ``lineage`` and the ``pixeldino:*`` properties
+    that are not None."""
     item.properties["processing:software"] = {"pixeldino": __version__}
     item.properties["processing:lineage"] = lineage
     item.properties.update({f"pixeldino:{k}": v for k, v in props.items() if v is not None})
@@ -129,17 +121,30 @@ def scene_item(
     polygons: str | os.PathLike[str] | None,
     mask: str | os.PathLike[str] | None = None,
 ) -> pystac.Item:
-    """The STAC item of one scene's outputs (assets with absolute hrefs; made relative when saved)."""
+    """The STAC item of one scene's outputs (assets with absolute hrefs; made relative when saved).
+
+    Raises:
+        InputError: a file is missing or unreadable, or the files are of different scenes (the sidecar's scene id
+            differs from the one the probability raster or the pseudo-class map is tagged with).
+    """
+    if not Path(sidecar).exists():
+        raise InputError(f"{sidecar}: scene sidecar not found; `pixeldino fetch` writes it beside the scene")
     meta = read_json(sidecar)
+    if not isinstance(meta, dict):
+        raise InputError(f"{sidecar}: not a scene sidecar (a JSON object); `pixeldino fetch` writes it")
     prob_path = Path(prob)
-    info = _raster_info(prob_path)
+    info = _raster_info(prob_path, "probability raster")
+    for path in (polygons,):
+        if path is not None and not Path(path).exists():
+            raise InputError(f"{path}: polygon file not found; run `pixeldino polygonize` for the scene first")
+    _same_scene(sidecar, meta, prob_path, info)
     bounds4326 = transform_bounds(info["crs"], "EPSG:4326", *info["bounds"], densify_pts=21)
     footprint = box(*bounds4326)
     item = pystac.Item(
         id=str(meta.get("scene_id") or prob_path.stem.removesuffix("_prob")),
         geometry=mapping(footprint),
         bbox=list(bounds4326),
-        datetime=_when(meta.get("datetime")),
+        datetime=_when(meta.get("datetime"), sidecar),
         properties={},
         stac_extensions=list(EXTENSIONS),
     )
@@ -167,38 +172,23 @@ def scene_item(
     )
     item.add_asset(
         "probability",
-        pystac.Asset(
-            str(prob_path.resolve()),
-            title="RTS probability (p x 254, nodata 255)",
-            media_type=MEDIA["cog"],
-            roles=["data"],
-            extra_fields={"raster:bands": [_band(info, unit="1", name="rts_probability")]},
+        _cog_asset(
+            prob_path, "RTS probability (p x 254, nodata 255)", ["data"], _band(info, unit="1", name="rts_probability")
         ),
     )
     if pseudo:
-        pinfo = _raster_info(Path(pseudo))
+        pinfo = _raster_info(Path(pseudo), "pseudo-class map")
+        _same_scene(sidecar, meta, Path(pseudo), pinfo)
         item.add_asset(
             "pseudo_classes",
-            pystac.Asset(
-                str(Path(pseudo).resolve()),
-                title="pseudo-class QA map (fixed palette)",
-                media_type=MEDIA["cog"],
-                roles=["data", "quality"],
-                extra_fields={"raster:bands": [_band(pinfo, name="pseudo_class")]},
+            _cog_asset(
+                pseudo, "pseudo-class QA map (fixed palette)", ["data", "quality"], _band(pinfo, name="pseudo_class")
             ),
         )
     if mask:
         minfo = _raster_info(Path(mask))
-        item.add_asset(
-            "quality_mask",
-            pystac.Asset(
-                str(Path(mask).resolve()),
-                title="quality mask from SCL: " + ", ".join(f"{v} {n}" for v, n in CLASS_NAMES.items()),
-                media_type=MEDIA["cog"],
-                roles=["quality"],
-                extra_fields={"raster:bands": [_band(minfo, name="quality")]},
-            ),
-        )
+        title = "quality mask from SCL: " + ", ".join(f"{v} {n}" for v, n in CLASS_NAMES.items())
+        item.add_asset("quality_mask", _cog_asset(mask, title, ["quality"], _band(minfo, name="quality")))
     if polygons:
         item.add_asset(
             "polygons",
@@ -210,6 +200,21 @@ def scene_item(
             ),
         )
     return item
+
+
+def _same_scene(sidecar: str | os.PathLike[str], meta: dict[str, Any], raster: Path, info: dict[str, Any]) -> None:
+    """Refuse a raster of another scene than the sidecar's: the lists were given in different orders.
+
+    ``pixeldino predict`` tags its rasters with the scene id from the fetched scene (``SCENE_ID``); rasters
+    without the tag, or sidecars without an id, cannot be compared and pass.
+    """
+    tagged = {k.upper(): v for k, v in info["tags"].items()}.get("SCENE_ID")
+    scene = meta.get("scene_id")
+    if tagged and scene and str(tagged) != str(scene):
+        raise InputError(
+            f"{raster} is of scene {tagged} but its sidecar {sidecar} is of scene {scene}; give the sidecars and "
+            "the rasters of each scene in the same order"
+        )
 
 
 def _extent(items: Sequence[pystac.Item]) -> tuple[list[float], list[dt.datetime]]:
@@ -225,6 +230,8 @@ def _extent(items: Sequence[pystac.Item]) -> tuple[list[float], list[dt.datetime
 def _vector_item(
     item_id: str, title: str, assets: dict[str, tuple[Path, str, str]], scenes: list[pystac.Item], lineage: str
 ) -> pystac.Item:
+    """An item of a run-wide vector product (the merged map, the tracks) over the scene items' extent,
+    with its ``assets`` (key: path, media kind, title) and the models and thresholds of the scenes."""
     (west, south, east, north), dates = _extent(scenes)
     item = pystac.Item(
         item_id,
@@ -269,6 +276,7 @@ def build_catalog(
     merged: dict[str, str | os.PathLike[str]] | None = None,
     change: dict[str, str | os.PathLike[str]] | None = None,
     description: str | None = None,
+    model_card: str | os.PathLike[str] | None = None,
 ) -> pystac.Catalog:
     """Write the run's STAC catalog (self-contained, relative hrefs) into the folder ``out_catalog``.
 
@@ -281,14 +289,33 @@ def build_catalog(
         merged: ``{"gpkg": ..., "parquet": ...}`` of the merged map.
         change: ``{"gpkg", "tracks_parquet", "years_parquet", "change_png", "growth_png"}`` (any subset).
         description: collection description.
+        model_card: the model card (``model.stac.json``) of the model that made the predictions: it becomes an
+            item of the root catalog (:func:`model_item`), and the collection and every item made with that model
+            link to it (``derived_from``, as the MLM extension recommends).
+
+    Raises:
+        InputError: mismatched inputs, or a model card of another model than the one the predictions name.
+        ModelError: an invalid model card.
     """
     from pixeldino.quality import quality_mask_of
 
     if not sidecars or len(sidecars) != len(probabilities):
         raise InputError(
-            f"{out_catalog}: need one sidecar per probability raster ({len(sidecars)} vs "
-            f"{len(probabilities)}); pass them in the same order"
+            f"{out_catalog}: --sidecars and --probabilities must name one file per scene, in the same order "
+            f"({len(sidecars)} vs {len(probabilities)})"
         )
+    for option, files in (("--pseudo", pseudo), ("--polygons", polygons)):
+        if files and len(files) != len(sidecars):
+            raise InputError(
+                f"{out_catalog}: {option} names {len(files)} files for {len(sidecars)} scenes; give one per scene, "
+                "in the order of --sidecars, or none"
+            )
+    extras = [*(merged or {}).values(), *(change or {}).values()]
+    for path in extras:
+        if path and not Path(path).exists():
+            raise InputError(
+                f"{path}: not found; run the stage that writes it (merge or change) first, or leave it out"
+            )
     pseudo_maps: list[str | os.PathLike[str] | None] = list(pseudo) or [None] * len(sidecars)
     polygon_files: list[str | os.PathLike[str] | None] = list(polygons) or [None] * len(sidecars)
     items = []
@@ -296,6 +323,10 @@ def build_catalog(
         mask = quality_mask_of(side)
         items.append(scene_item(side, prob, pse, poly, mask))
     bbox, dates = _extent(items)
+    model = None
+    if model_card is not None:
+        model = model_item(model_card)
+        _check_model(model, items, model_card)
     collection = pystac.Collection(
         id=f"pixeldino-{run}",
         title=f"pixeldino RTS maps: run {run}",
@@ -336,6 +367,9 @@ def build_catalog(
         id=f"pixeldino-{run}-catalog", title=f"pixeldino run {run}", description=f"Outputs of the pixeldino run {run}."
     )
     catalog.add_child(collection)
+    if model is not None:
+        _link_model(model, collection)
+        catalog.add_item(model)
     out = Path(out_catalog)
     with atomic_output(out) as tmp:
         tmp.mkdir()
@@ -346,113 +380,49 @@ def build_catalog(
     return pystac.Catalog.from_file(str(out / "catalog.json"))
 
 
-# ---------------------------------------------------------------- validation
-def _is_number_list(value: Any, lengths: tuple[int, ...]) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) in lengths
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    )
+def model_item(model_card: str | os.PathLike[str]) -> pystac.Item:
+    """A model card (:mod:`pixeldino.modelcard`) as an item of a catalog, read and checked; its asset hrefs are
+    absolute here and become relative to the item's place when the catalog is saved."""
+    from pixeldino.modelcard import read_model_card
+
+    path = Path(model_card).resolve()
+    item = pystac.Item.from_dict(read_model_card(path), href=str(path), migrate=False, preserve_dict=False)
+    for asset in item.assets.values():
+        asset.href = asset.get_absolute_href() or asset.href
+    return item
 
 
-def check_extension_fields(obj: dict[str, Any]) -> list[str]:
-    """Problems with the projection/raster/processing fields of one STAC item dict (empty list = valid)."""
-    problems = []
-    props = obj.get("properties", {})
-    sources = [("properties", props)] + [(f"assets.{k}", a) for k, a in obj.get("assets", {}).items()]
-    for where, fields in sources:
-        if "proj:code" in fields and not (fields["proj:code"] is None or isinstance(fields["proj:code"], str)):
-            problems.append(f"{where}: proj:code must be a string or null")
-        if "proj:shape" in fields and not (
-            _is_number_list(fields["proj:shape"], (2,))
-            and all(isinstance(v, int) and v >= 0 for v in fields["proj:shape"])
-        ):
-            problems.append(f"{where}: proj:shape must be two non-negative integers")
-        if "proj:transform" in fields and not _is_number_list(fields["proj:transform"], (6, 9)):
-            problems.append(f"{where}: proj:transform must be 6 or 9 numbers")
-        if "proj:bbox" in fields and not _is_number_list(fields["proj:bbox"], (4, 6)):
-            problems.append(f"{where}: proj:bbox must be 4 or 6 numbers")
-        for band in fields.get("raster:bands", []) if isinstance(fields.get("raster:bands", []), list) else [None]:
-            if not isinstance(band, dict):
-                problems.append(f"{where}: raster:bands must be a list of objects")
-                continue
-            if "data_type" in band and band["data_type"] not in _DATA_TYPES:
-                problems.append(f"{where}: raster:bands data_type {band['data_type']!r} is not a STAC data type")
-            for key in ("nodata", "scale", "offset"):
-                if key in band and not isinstance(band[key], (int, float, str)):
-                    problems.append(f"{where}: raster:bands {key} must be a number")
-    software = props.get("processing:software")
-    if software is not None and not (isinstance(software, dict) and all(isinstance(v, str) for v in software.values())):
-        problems.append("properties: processing:software must map names to version strings")
-    if "processing:lineage" in props and not isinstance(props["processing:lineage"], str):
-        problems.append("properties: processing:lineage must be a string")
-    return problems
+def _item_models(item: pystac.Item) -> set[str]:
+    """The model ids an item's outputs were made with (``pixeldino:model``: one id or a list)."""
+    value = item.properties.get("pixeldino:model")
+    return set(value) if isinstance(value, list) else {value} if value else set()
 
 
-def validate_catalog(catalog_json: str | os.PathLike[str], schema_dir: str | os.PathLike[str] | None = None) -> int:
-    """Validate every object of a catalog offline; returns the number of objects validated.
+def _check_model(model: pystac.Item, scenes: Sequence[pystac.Item], card: str | os.PathLike[str]) -> None:
+    """The card must describe a model the scene predictions were made with (when they name one)."""
+    mid = model.properties.get("pixeldino:model_id")
+    used = set().union(*(_item_models(i) for i in scenes))
+    if used and mid not in used:
+        raise InputError(
+            f"{card}: the card describes model {mid} but the predictions were made with {', '.join(sorted(used))}; "
+            "pass the card of the model that made them"
+        )
 
-    Core STAC (catalog, collection, item, GeoJSON) is validated by pystac against the schemas it ships.
-    Extension schemas are taken from ``schema_dir`` when given (files ``<name>-<version>.json``), else the
-    extension fields are checked by :func:`check_extension_fields`.
 
-    Raises:
-        InputError: the first invalid object, naming its file and the problem.
-    """
-    from pystac.validation import JsonSchemaSTACValidator
-    from pystac.validation.stac_validator import GetSchemaError
+def _link_model(model: pystac.Item, collection: pystac.Collection) -> None:
+    """``derived_from`` links to the model card from the collection and from each item made with that model."""
+    mid = model.properties.get("pixeldino:model_id")
 
-    local: dict[str, dict[str, Any]] = {}
-    if schema_dir is not None:
-        for path in Path(schema_dir).glob("*.json"):
-            name, _, version = path.stem.rpartition("-")
-            local[f"https://stac-extensions.github.io/{name}/{version}/schema.json"] = json.loads(path.read_text())
+    def link() -> pystac.Link:
+        """A fresh ``derived_from`` link to the model card (a link object belongs to one STAC object)."""
+        return pystac.Link(
+            "derived_from", model, media_type=pystac.MediaType.GEOJSON, title=f"model card of model {mid} (MLM)"
+        )
 
-    class OfflineValidator(JsonSchemaSTACValidator):
-        def __init__(self) -> None:
-            super().__init__()
-            self.schema_cache.update(local)
-
-        def _get_schema(self, schema_uri: str) -> dict[str, Any]:
-            if schema_uri not in self.schema_cache and schema_uri.startswith("http"):
-                # never go to the network: an unknown schema is a GetSchemaError, handled below
-                raise GetSchemaError(schema_uri, OSError("offline: schema not shipped"))
-            return super()._get_schema(schema_uri)
-
-        def validate_extension(
-            self,
-            stac_dict: dict[str, Any],
-            stac_object_type: Any,
-            stac_version: str,
-            extension_id: str,
-            href: str | None = None,
-        ) -> Any:
-            if extension_id in self.schema_cache:
-                return super().validate_extension(stac_dict, stac_object_type, stac_version, extension_id, href)
-            if extension_id not in EXTENSIONS:
-                raise InputError(
-                    f"{href}: extension {extension_id} has no offline check; give its schema in schema_dir"
-                )
-            problems = check_extension_fields(stac_dict)
-            if problems:
-                raise InputError(f"{href}: {problems[0]} ({extension_id})")
-            return extension_id
-
-    root = Path(catalog_json)
-    if not root.exists():
-        raise InputError(f"{root}: catalog not found; run `pixeldino catalog` first")
-    validator = OfflineValidator()
-    count = 0
-    for path in sorted(root.parent.rglob("*.json")):
-        data = json.loads(path.read_text())
-        if data.get("type") not in ("Catalog", "Collection", "Feature"):
-            continue
-        try:
-            pystac.validation.validate_dict(data, href=str(path), validator=validator)
-        except pystac.errors.STACValidationError as exc:
-            raise InputError(f"{path}: not valid STAC ({first_line(exc)})") from None
-        count += 1
-    return count
+    collection.add_link(link())
+    for item in collection.get_items():
+        if not _item_models(item) or mid in _item_models(item):
+            item.add_link(link())
 
 
 def collection_summary(catalog_json: str | os.PathLike[str]) -> dict[str, Any]:

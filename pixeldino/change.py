@@ -320,6 +320,14 @@ def run_change(
             f"no detections and no years to map in {len(inputs)} polygon file(s); give search.years "
             "or polygons of dated scenes"
         )
+    if len(by_year) < 2:
+        # one year has no change to track: every slump would come out "new", which reads like a result
+        names = ", ".join(Path(p).name for p in list(inputs)[:3]) + (" ..." if len(inputs) > 3 else "")
+        source = "the years asked for (--years, search.years)" if years else f"{len(inputs)} polygon file(s) ({names})"
+        raise InputError(
+            f"change needs at least two years but {source} give only {next(iter(by_year))}; add the polygons of "
+            "another year (search.years), or map one year with `pixeldino merge`"
+        )
     layers: dict[int, gpd.GeoDataFrame] = {}
     for y in sorted(by_year):
         frames = [f for f in by_year[y] if len(f)]

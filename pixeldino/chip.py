@@ -24,6 +24,7 @@ groups of chips, :mod:`pixeldino.chip_scenes` opens and reads the scenes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pixeldino.bands import canonical_bands
 from pixeldino.chip_labelled import LabelledChips, LabelledPlan, plan_labelled_chips, write_labelled_chips
 from pixeldino.chip_scenes import ChipScene, DnSample, SkipCounts, open_scene, usable_scenes
 from pixeldino.chip_unlabelled import UnlabelledChips, write_unlabelled_chips
@@ -41,6 +41,10 @@ from pixeldino.chipstore import NODATA, SPLITS, STORE_VERSION
 from pixeldino.errors import ConfigError, InputError
 from pixeldino.io import atomic_output, write_json
 from pixeldino.labels import IGNORE
+from pixeldino.modelcard import training_footprint
+from pixeldino.terrain import canonical_input_bands
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,17 +115,32 @@ def run_chip(
         stats_out: the JSON file for the statistics; None: ``stats.json`` next to the store.
 
     Returns:
-        The statistics written to ``stats_out`` (counts, positive fractions, per-band DN percentiles).
+        The statistics written to ``stats_out``: counts, positive fractions, per-band DN percentiles, and where
+        and when the chipped scenes are (``scene_footprint``, :func:`pixeldino.modelcard.training_footprint`).
 
     Raises:
-        InputError: a scene is missing, unreadable or lacks a band; no scene meets the labels; no window fits.
-        ConfigError: an unknown or repeated band.
+        InputError: a scene is missing, unreadable or lacks a band; a label, footprint or hold-out file holds no
+            polygon, is ambiguous (several layers) or misses the scenes; no window fits or holds RTS; the scenes
+            give no training, validation or unlabelled chip (mostly nodata or flagged).
+        ConfigError: an unknown or repeated band; a footprint or hold-out without labels; no share of RTS chips;
+            nothing to chip.
     """
-    band_list = canonical_bands(list(bands))
+    band_list = canonical_input_bands(list(bands))  # Sentinel-2 bands, then auxiliary layers (slope...)
+    labels = _labelled_input(params, labels, footprint, holdout, unlabelled_scenes)
     rng = np.random.default_rng(params.seed)
     store = Path(out)
-    labelled_scenes = [open_scene(p, band_list) for p in usable_scenes(scenes)]
-    unlabelled = [open_scene(p, band_list) for p in usable_scenes(unlabelled_scenes)]
+    labelled_scenes = [open_scene(p, band_list) for p in usable_scenes(scenes)] if labels is not None else []
+    unlabelled = [open_scene(p, band_list) for p in usable_scenes(unlabelled_scenes)] if params.n_unlabelled else []
+    if labels is not None and not labelled_scenes:
+        raise InputError(
+            f"every scene given for the labels ({', '.join(Path(p).name for p in scenes)}) is marked skipped in its "
+            "sidecar (no usable pixel); fetch clearer scenes of the labelled area"
+        )
+    if params.n_unlabelled and not unlabelled and labels is None:
+        raise InputError(
+            f"every unlabelled scene ({', '.join(Path(p).name for p in unlabelled_scenes)}) is marked skipped in "
+            "its sidecar (no usable pixel): nothing to chip; fetch clearer scenes"
+        )
     for path in (labels, footprint, holdout):
         if path is not None and not Path(path).exists():
             raise InputError(f"{path} not found; check the labels/footprint/holdout paths in your config")
@@ -135,6 +154,8 @@ def run_chip(
         written = write_labelled_chips(
             root, plan, labelled_scenes, params, n_bands=n_bands, rng=rng, dn=dn, skipped=skipped
         )
+        # checked before the store is published: a store without them would only fail (or mislead) in training
+        _check_labelled(written, plan, labelled_scenes, params, labels=labels, holdout=holdout)
         drawn = write_unlabelled_chips(root, unlabelled, params, n_bands=n_bands, rng=rng, dn=dn, skipped=skipped)
         stats = _store_stats(
             params,
@@ -146,6 +167,7 @@ def run_chip(
             drawn,
             dn,
             skipped,
+            store=store,
             labels=labels,
             footprint=footprint,
             holdout=holdout,
@@ -164,7 +186,117 @@ def run_chip(
             }
         )
     write_json(Path(stats_out) if stats_out is not None else store.parent / "stats.json", stats)
+    log.info("%s", stats["summary"])
     return stats
+
+
+def _labelled_input(
+    params: ChipParams,
+    labels: str | os.PathLike[str] | None,
+    footprint: str | os.PathLike[str] | None,
+    holdout: str | os.PathLike[str] | None,
+    unlabelled_scenes: Sequence[str | os.PathLike[str]],
+) -> str | os.PathLike[str] | None:
+    """The label file to chip from (None: no labelled chips), after checking that the request makes sense.
+
+    Labels are read only when labelled chips are asked for (``n_labelled`` train chips or a hold-out); without
+    labels a footprint or hold-out means nothing, and a request for no chips at all would write an empty store.
+
+    Raises:
+        ConfigError: a footprint or hold-out without labels, training chips asked for without any share of RTS,
+            or nothing to chip.
+    """
+    if labels is None:
+        areas = (("labels.footprint", "--footprint", footprint), ("labels.holdout", "--holdout", holdout))
+        given = [f"{key} ({option}) {path}" for key, option, path in areas if path is not None]
+        if given:
+            raise ConfigError(
+                f"{' and '.join(given)} given without labels (labels.file, --labels): an area of labels means "
+                "nothing without them; give the label file or drop it"
+            )
+    elif params.n_labelled == 0 and holdout is None:
+        log.info("chips.n_labelled is 0 and there is no hold-out: no labelled chips, %s is not read", labels)
+        labels = None
+    else:
+        if params.n_labelled and params.positive_fraction == 0:
+            raise ConfigError(
+                "chips.positive_fraction (--positive-fraction) is 0, so no training chip would hold RTS and training "
+                "refuses such chips; give a share above 0 (the default is 0.5)"
+            )
+        if holdout is None:
+            log.warning(
+                "chip: no hold-out (labels.holdout, --holdout): no validation chips, so training cannot report "
+                "validation IoU or calibrate the threshold (it stays 0.5)"
+            )
+        return labels
+    if not params.n_unlabelled or not unlabelled_scenes:
+        raise ConfigError(
+            "nothing to chip: no labelled chips (no labels.file / --labels, or chips.n_labelled 0 without a "
+            "hold-out) and no unlabelled chips (chips.n_unlabelled / --n-unlabelled is "
+            f"{params.n_unlabelled}, {len(unlabelled_scenes)} unlabelled scenes); ask for one or the other"
+        )
+    return None
+
+
+def _check_labelled(
+    written: LabelledChips,
+    plan: LabelledPlan,
+    scenes: list[ChipScene],
+    params: ChipParams,
+    *,
+    labels: str | os.PathLike[str] | None,
+    holdout: str | os.PathLike[str] | None,
+) -> None:
+    """Refuse labelled chips that training cannot use: none at all, no RTS in them, or no validation chip.
+
+    Raises:
+        InputError: naming the scenes and what the chips lack.
+    """
+    if labels is None:
+        return
+    names = ", ".join(scenes[lw.scene].path.name for lw in plan.windows)
+    mostly = "are mostly nodata or flagged by the quality mask"
+    if plan.n_train and not written.chips["train"]:
+        raise InputError(
+            f"no training chip could be cut: all {params.size} px windows of the labelled area of {names} {mostly}; "
+            "check those scenes or fetch clearer ones"
+        )
+    if plan.n_train and not written.positive["train"] and round(plan.n_train * params.positive_fraction) == 0:
+        raise ConfigError(
+            f"chips.positive_fraction {params.positive_fraction} of {plan.n_train} training chips (chips.n_labelled) "
+            "rounds to no chip with RTS, and training refuses chips without RTS; raise either"
+        )
+    if plan.n_train and not written.positive["train"]:
+        raise InputError(
+            f"none of the {written.chips['train']} training chips holds RTS: the windows over the label polygons of "
+            f"{labels} in {names} {mostly}; fetch clearer scenes of the labelled area"
+        )
+    if holdout is not None and not written.chips["val"]:
+        raise InputError(
+            f"no validation chip could be cut: the hold-out {holdout} in {names} is mostly nodata or flagged by "
+            "the quality mask; move the hold-out or fetch clearer scenes"
+        )
+    if written.chips["train"] < plan.n_train:
+        log.warning(
+            "only %d of the %d training chips asked for could be cut (the other windows %s)",
+            written.chips["train"],
+            plan.n_train,
+            mostly,
+        )
+
+
+def _summary(counts: dict[str, int], store: str) -> str:
+    """One line: how many labelled and unlabelled chips were written, and the share of them with RTS."""
+
+    def share(positive: int, n: int) -> str:
+        return f"{positive / n:.0%} with RTS" if n else "none"
+
+    n_lab = counts["train"] + counts["val"]
+    return (
+        f"chip: {n_lab} labelled chips ({counts['train']} train, {share(counts['train_positive'], counts['train'])}; "
+        f"{counts['val']} val, {share(counts['val_positive'], counts['val'])}) and {counts['unlabelled']} "
+        f"unlabelled chips in {store}"
+    )
 
 
 def _store_stats(
@@ -178,6 +310,7 @@ def _store_stats(
     dn: DnSample,
     skipped: SkipCounts,
     *,
+    store: Path,
     labels: str | os.PathLike[str] | None,
     footprint: str | os.PathLike[str] | None,
     holdout: str | os.PathLike[str] | None,
@@ -194,6 +327,7 @@ def _store_stats(
         "skipped_quality": skipped.quality,
     }
     return {
+        "summary": _summary(counts, str(store)),
         "chip_size": params.size,
         "bands": bands,
         "seed": params.seed,
@@ -215,6 +349,10 @@ def _store_stats(
             "labelled": [str(labelled_scenes[lw.scene].path) for lw in plan.windows],
             "unlabelled": [str(s.path) for s in unlabelled_scenes],
         },
+        # where and when the chips come from, for the model card of every model trained on them
+        "scene_footprint": training_footprint(
+            [labelled_scenes[lw.scene].path for lw in plan.windows] + [s.path for s in unlabelled_scenes]
+        ),
         "labels": str(labels) if labels else None,
         "label_footprint": str(footprint) if footprint else None,
         "holdout": str(holdout) if holdout else None,

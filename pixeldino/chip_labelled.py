@@ -12,9 +12,9 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import geopandas as gpd
 import numpy as np
 import shapely
 import zarr
@@ -106,22 +106,29 @@ def _window_sums(a: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, np.
 def label_window(
     index: int,
     scene: ChipScene,
-    labels_path: Path,
-    footprint_path: Path | None,
-    holdout_path: Path | None,
+    labels: gpd.GeoDataFrame,
+    footprint: gpd.GeoDataFrame | None,
+    holdout: gpd.GeoDataFrame | None,
     size: int,
 ) -> LabelWindow | None:
-    """Rasterise labels, footprint and hold-out of one scene around the footprint; None if they miss the scene."""
+    """Rasterise labels, footprint and hold-out of one scene around the footprint; None if they miss the scene.
+
+    Args:
+        index: the scene's position in the list of labelled scenes.
+        scene: the scene.
+        labels: RTS polygons, any CRS.
+        footprint: polygons of the labelled area, any CRS; None: the whole scene.
+        holdout: polygons of the validation area, any CRS; None: no hold-out.
+        size: chip size; the window is at least this large.
+    """
     scene_geom = scene.bounds_geom
-    if footprint_path is not None:
-        footprint = read_labels(footprint_path, "EPSG:4326")
+    if footprint is not None:
         # test overlap in geographic coordinates first: a footprint in another UTM zone does not project sensibly
         # into this scene's CRS
         scene_ll = box(*transform_bounds(scene.crs, "EPSG:4326", *scene_geom.bounds, densify_pts=21))
-        if not len(footprint) or not footprint.intersects(scene_ll).any():
+        if not footprint.to_crs("EPSG:4326").intersects(scene_ll).any():
             return None
-        footprint = footprint.to_crs(scene.crs)
-        area = shapely.union_all(footprint.geometry.values).intersection(scene_geom)
+        area = shapely.union_all(footprint.to_crs(scene.crs).geometry.values).intersection(scene_geom)
         if area is None or area.is_empty or area.area == 0:
             return None
     else:
@@ -143,17 +150,15 @@ def label_window(
         col1 = col0 + size
     shape = (row1 - row0, col1 - col0)
     transform = scene.transform @ Affine.translation(col0, row0)
-    labels_gdf = read_labels(labels_path, scene.crs)
-    mask = rasterize_labels(labels_gdf, transform, shape, footprint=area)
+    mask = rasterize_labels(labels.to_crs(scene.crs), transform, shape, footprint=area)
     rr = np.arange(row0, row1)[:, None]
     cc = np.arange(col0, col1)[None, :]
     mask[(rr < 0) | (rr >= scene.height) | (cc < 0) | (cc >= scene.width)] = IGNORE
-    if holdout_path is not None:
-        holdout_gdf = read_labels(holdout_path, scene.crs)
-        holdout = burn(holdout_gdf, transform, shape)
+    if holdout is not None:
+        hold = burn(holdout.to_crs(scene.crs), transform, shape)
     else:
-        holdout = np.zeros(shape, dtype=bool)
-    return LabelWindow(index, row0, col0, mask, holdout)
+        hold = np.zeros(shape, dtype=bool)
+    return LabelWindow(index, row0, col0, mask, hold)
 
 
 def _val_offsets(lo: int, hi: int, extent: int, size: int) -> list[int]:
@@ -203,6 +208,12 @@ def _train_candidates(windows: list[LabelWindow], size: int) -> tuple[np.ndarray
     return np.concatenate(pos), np.concatenate(neg)
 
 
+def _names(scenes: list[ChipScene]) -> str:
+    """The scenes' file names for a message: the first three, and how many more."""
+    names = [s.path.name for s in scenes[:3]]
+    return ", ".join(names) + (f" and {len(scenes) - 3} more" if len(scenes) > 3 else "")
+
+
 def plan_labelled_chips(
     scenes: list[ChipScene],
     params: ChipParams,
@@ -213,6 +224,11 @@ def plan_labelled_chips(
 ) -> LabelledPlan:
     """Rasterise the labels around each scene's part of the footprint and plan the ``val`` and ``train`` chips.
 
+    Every assumption the labelled chips rest on is checked here, before anything is written: the three files hold
+    polygons, the footprint meets a scene, the labels hold RTS inside the labelled part of the scenes, the hold-out
+    meets that part, and some ``train`` window outside the hold-out holds RTS. Otherwise the store would be
+    all-negative or lack its validation chips, and the failure would surface only in training (or not at all).
+
     Args:
         scenes: the labelled scenes; those whose extent misses the footprint get no window.
         params: chip size and the number of ``train`` chips.
@@ -221,35 +237,54 @@ def plan_labelled_chips(
         holdout: the validation area; None: no ``val`` chips.
 
     Raises:
-        InputError: no scene meets the footprint, or no ``train`` window fits.
+        InputError: a file holds no polygon, no scene meets the footprint, the labels hold no RTS in the labelled
+            area, the hold-out misses it, or no ``train`` window fits or holds RTS.
     """
     size = params.size
     windows: list[LabelWindow] = []
-    if labels is not None:
-        for i, scene in enumerate(scenes):
-            lw = label_window(
-                i,
-                scene,
-                Path(labels),
-                Path(footprint) if footprint else None,
-                Path(holdout) if holdout else None,
-                size,
-            )
-            if lw is not None:
-                windows.append(lw)
-        if not windows:
-            raise InputError(
-                f"none of the {len(scenes)} scenes overlaps the label footprint {footprint or labels}; "
-                "fetch the scenes that cover the labelled area"
-            )
+    if labels is None:
+        return LabelledPlan(windows, [], np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), 0)
+    labels_gdf = read_labels(labels, None, require_polygons=True)
+    footprint_gdf = read_labels(footprint, None, what="label footprint", require_polygons=True) if footprint else None
+    holdout_gdf = read_labels(holdout, None, what="hold-out", require_polygons=True) if holdout else None
+    for i, scene in enumerate(scenes):
+        lw = label_window(i, scene, labels_gdf, footprint_gdf, holdout_gdf, size)
+        if lw is not None:
+            windows.append(lw)
+    if not windows:
+        raise InputError(
+            f"none of the {len(scenes)} scenes ({_names(scenes)}) overlaps the label footprint "
+            f"{footprint or labels}; fetch the scenes that cover the labelled area"
+        )
+    where = f"inside the footprint {footprint} " if footprint else ""
+    if not any((lw.labels == 1).any() for lw in windows):
+        raise InputError(
+            f"the {len(labels_gdf)} polygons of {labels} overlap none of the scenes ({_names(scenes)}) {where}"
+            "with a single RTS pixel; fetch the scenes that cover the labels, or check the label file's CRS"
+        )
+    val = _plan_val(windows, size)
+    if holdout is not None and not val:
+        raise InputError(
+            f"the hold-out {holdout} does not overlap the labelled part of the scenes ({_names(scenes)}) {where}"
+            "in a single pixel, so there would be no validation chips; draw the hold-out inside the labelled area"
+        )
     positive, negative = _train_candidates(windows, size)
-    n_train = params.n_labelled if windows else 0
+    n_train = params.n_labelled
     if n_train and len(positive) + len(negative) == 0:
         raise InputError(
             f"no {size} px training window fits inside the label footprint outside the hold-out; "
             "use a smaller chip size (chips.size, --size) or a narrower hold-out"
         )
-    return LabelledPlan(windows, _plan_val(windows, size), positive, negative, n_train)
+    if n_train and not len(positive):
+        because = (
+            f"every label polygon of {labels} in the labelled area lies in the hold-out {holdout}; move or narrow "
+            "the hold-out"
+            if holdout is not None
+            else f"the RTS of {labels} lie where less than half of a window is labelled; use a smaller chip size "
+            "(chips.size, --size) or a wider footprint"
+        )
+        raise InputError(f"no {size} px training window holds RTS: {because}")
+    return LabelledPlan(windows, val, positive, negative, n_train)
 
 
 class LabelledChipWriter:

@@ -17,8 +17,6 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import rasterio
-import rasterio.errors
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
@@ -30,6 +28,8 @@ from pixeldino.bands import band_indexes
 from pixeldino.chipstore import NODATA
 from pixeldino.errors import InputError
 from pixeldino.quality import INVALID, Grid, find_quality_mask, is_skipped, open_quality_mask
+from pixeldino.rasters import open_raster, read_raster
+from pixeldino.terrain import missing_band_hint
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,18 @@ def open_scene(path: str | os.PathLike[str], bands: list[str]) -> ChipScene:
     p = Path(path)
     if not p.exists():
         raise InputError(f"scene {p} not found; run `pixeldino fetch` for it first")
-    try:
-        with rasterio.open(p) as ds:
-            if ds.crs is None:
-                raise InputError(f"scene {p} has no CRS; re-create it with `pixeldino fetch`")
-            indexes = band_indexes(
-                ds.descriptions,
+    with open_raster(p, "scene", "fetch it again (pixeldino fetch)") as ds:
+        indexes = band_indexes(
+            ds.descriptions,
+            bands,
+            path=p,
+            fix_hint=missing_band_hint(
                 bands,
-                path=p,
-                fix_hint="fetch the scene again with these bands (`pixeldino fetch` names each band B02, B03, ...) "
+                "fetch the scene again with these bands (`pixeldino fetch` names each band B02, B03, ...) "
                 "or change 'bands' in the config",
-            )
-            scene = ChipScene(p, indexes, ds.crs, ds.transform, ds.height, ds.width)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"cannot read scene {p} ({exc}); the file is corrupt: fetch it again") from exc
+            ),
+        )
+        scene = ChipScene(p, indexes, ds.crs, ds.transform, ds.height, ds.width)
     scene.mask_path = find_quality_mask(p)
     if scene.mask_path is not None:
         with open_quality_mask(scene.mask_path, Grid(scene.crs, scene.transform, (scene.height, scene.width)), p):
@@ -116,9 +114,12 @@ class SceneReader:
         """Open the scene and its quality mask (if it has one)."""
         self.scene = scene
         self._stack = contextlib.ExitStack()
-        self._image: DatasetReader = self._stack.enter_context(rasterio.open(scene.path))
+        fix = "fetch the scene again (pixeldino fetch)"
+        self._image: DatasetReader = self._stack.enter_context(open_raster(scene.path, "scene", fix))
         self._quality: DatasetReader | None = (
-            self._stack.enter_context(rasterio.open(scene.mask_path)) if scene.mask_path else None
+            self._stack.enter_context(open_raster(scene.mask_path, "the quality mask", fix))
+            if scene.mask_path
+            else None
         )
 
     def __enter__(self) -> SceneReader:
@@ -139,8 +140,8 @@ class SceneReader:
         """The (C, S, S) chip at (``row``, ``col``); parts outside the scene are nodata."""
         window = Window(col, row, size, size)
         if self.scene.contains(row, col, size):
-            return np.asarray(self._image.read(self.scene.band_indexes, window=window))
-        return np.asarray(self._image.read(self.scene.band_indexes, window=window, boundless=True, fill_value=NODATA))
+            return read_raster(self._image, self.scene.band_indexes, window=window)
+        return read_raster(self._image, self.scene.band_indexes, window=window, boundless=True, fill_value=NODATA)
 
     def quality(self, row: int, col: int, size: int) -> np.ndarray:
         """The (S, S) quality-mask chip (0 = clear); all clear without a mask, INVALID outside the scene."""
@@ -148,8 +149,8 @@ class SceneReader:
             return np.zeros((size, size), dtype=np.uint8)
         window = Window(col, row, size, size)
         if self.scene.contains(row, col, size):
-            return np.asarray(self._quality.read(1, window=window))
-        return np.asarray(self._quality.read(1, window=window, boundless=True, fill_value=INVALID))
+            return read_raster(self._quality, 1, window=window)
+        return read_raster(self._quality, 1, window=window, boundless=True, fill_value=INVALID)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -13,12 +12,12 @@ from typing import Literal
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
 
 from pixeldino import __version__
-from pixeldino.errors import InputError, first_line
-from pixeldino.io import TILED_GTIFF_PROFILE, gtiff_to_cog, write_json
+from pixeldino.errors import InputError
+from pixeldino.io import TILED_GTIFF_PROFILE, gtiff_to_cog, temporary, write_json
 from pixeldino.quality import find_quality_mask, is_skipped
+from pixeldino.rasters import open_raster, read_raster
 
 #: ``fetch.composite``: ``none`` (one raster per scene only) or the compositing method.
 CompositeMethod = Literal["none", "median"]
@@ -58,11 +57,12 @@ def composite_scenes(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        try:
-            srcs = [stack.enter_context(rasterio.open(p)) for p in usable]
-            masks = [stack.enter_context(rasterio.open(m)) if (m := find_quality_mask(p)) else None for p in usable]
-        except RasterioError as exc:
-            raise InputError(f"cannot read a scene for the composite ({first_line(exc)}); fetch it again") from exc
+        fix = "fetch it again (pixeldino fetch)"
+        srcs = [stack.enter_context(open_raster(p, "scene", fix)) for p in usable]
+        masks = [
+            stack.enter_context(open_raster(m, "the quality mask", fix)) if (m := find_quality_mask(p)) else None
+            for p in usable
+        ]
         ref = srcs[0]
         for p, src in zip(usable[1:], srcs[1:]):
             if (src.crs, src.transform, src.shape, src.descriptions) != (
@@ -75,7 +75,7 @@ def composite_scenes(
                     f"scene {p} is not on the grid or band list of {usable[0]}; a composite needs scenes of one "
                     "tile fetched with the same bands and AOI"
                 )
-        tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.")))
+        tmpdir = stack.enter_context(temporary(out, directory=True))
         profile = {
             **TILED_GTIFF_PROFILE,
             "width": ref.width,
@@ -90,11 +90,11 @@ def composite_scenes(
         with rasterio.open(tmpdir / "composite.tif", "w", **profile) as dst:
             for row in range(0, ref.height, rows_per_block):
                 window = rasterio.windows.Window(0, row, ref.width, min(rows_per_block, ref.height - row))
-                stack_ = np.stack([src.read(window=window) for src in srcs]).astype(np.float32)  # (N, C, r, w)
+                stack_ = np.stack([read_raster(src, window=window) for src in srcs]).astype(np.float32)  # (N,C,r,w)
                 ok = (stack_ != 0).any(axis=1)
                 for k, m in enumerate(masks):
                     if m is not None:
-                        ok[k] &= m.read(1, window=window) == 0
+                        ok[k] &= read_raster(m, 1, window=window) == 0
                 n_obs += int(ok.sum())
                 stack_[~np.broadcast_to(ok[:, None], stack_.shape)] = np.nan
                 with warnings.catch_warnings():

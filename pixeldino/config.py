@@ -145,6 +145,7 @@ def check_input_files(config: dict[str, Any], *, source: str = "config") -> None
         ("labels.footprint", config["labels"]["footprint"]),
         ("labels.holdout", config["labels"]["holdout"]),
         ("train.model", config["train"]["model"]),
+        ("train.init_from", config["train"].get("init_from")),
         ("quality.permanent_water.file", config.get("quality", {}).get("permanent_water", {}).get("file")),
     ]
     for i, site in enumerate(config["evaluate"]["sites"]):

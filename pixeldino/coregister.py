@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -41,6 +40,7 @@ from pixeldino.bands import band_indexes, canonical_band
 from pixeldino.errors import InputError
 from pixeldino.io import read_json, write_json
 from pixeldino.quality import CLEAR, find_quality_mask
+from pixeldino.rasters import open_raster, read_raster
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ BLOCK = 256
 MAX_BLOCKS = 25
 #: A block is measured only with at least this share of pixels clear in both scenes.
 MIN_CLEAR_SHARE = 0.98
+#: What to do about a scene or mask that cannot be read.
+_FIX = "fetch it again (pixeldino fetch)"
 
 
 def _upsampled_dft(data: np.ndarray, region: int, factor: int, offsets: np.ndarray) -> np.ndarray:
@@ -122,8 +124,8 @@ def _clear(path: Path, window: Window, shape: tuple[int, int]) -> np.ndarray:
     mask = find_quality_mask(path)
     if mask is None:
         return np.ones(shape, bool)
-    with rasterio.open(mask) as src:
-        return src.read(1, window=window) == CLEAR
+    with open_raster(mask, "the quality mask", _FIX) as src:
+        return read_raster(src, 1, window=window) == CLEAR
 
 
 def measure_scene_shift(
@@ -145,7 +147,7 @@ def measure_scene_shift(
     """
     ref_path, mov_path = Path(reference), Path(scene)
     try:
-        with rasterio.open(ref_path) as ref, rasterio.open(mov_path) as mov:
+        with open_raster(ref_path, "scene", _FIX) as ref, open_raster(mov_path, "scene", _FIX) as mov:
             if ref.crs != mov.crs or not np.allclose(ref.res, mov.res):
                 raise InputError(
                     f"{mov_path}: CRS/pixel size differ from {ref_path}; co-registration needs scenes "
@@ -170,7 +172,7 @@ def measure_scene_shift(
             for br, bc, bh, bw in _blocks(r1 - r0, c1 - c0, block):
                 win_ref = Window(c0 + bc, r0 + br, bw, bh)
                 win_mov = Window(c0 + bc + col_off, r0 + br + row_off, bw, bh)
-                a, b = ref.read(bi_ref, window=win_ref), mov.read(bi_mov, window=win_mov)
+                a, b = read_raster(ref, bi_ref, window=win_ref), read_raster(mov, bi_mov, window=win_mov)
                 ok = (a != 0) & (b != 0) & _clear(ref_path, win_ref, (bh, bw)) & _clear(mov_path, win_mov, (bh, bw))
                 candidates.append((float(ok.mean()), a, b, ok))
     except RasterioIOError as exc:
@@ -209,7 +211,7 @@ def _scene_meta(path: Path) -> dict[str, Any]:
     sidecar = path.with_suffix(".json")
     meta = read_json(sidecar) if sidecar.exists() else {}
     if not meta.get("datetime"):
-        with rasterio.open(path) as src:
+        with open_raster(path, "scene", _FIX) as src:
             tags = {k.lower(): v for k, v in src.tags().items()}
         meta = {
             **meta,
@@ -244,6 +246,14 @@ def coregister_tile(
     for p in paths:
         if not p.exists():
             raise InputError(f"{p}: scene not found; fetch it first")
+        # every scene, the reference too, must carry the band: a tile of one scene would otherwise pass unread
+        with open_raster(p, "scene", _FIX) as src:
+            band_indexes(
+                src.descriptions,
+                [canonical_band(band)],
+                path=p,
+                fix_hint="choose another change.coregistration_band (--band) or fetch the scene with that band",
+            )
         meta = _scene_meta(p)
         when = str(meta.get("datetime") or "")
         if len(when) < 4 or not when[:4].isdigit():
@@ -258,7 +268,7 @@ def coregister_tile(
         )
     metas.sort(key=lambda m: m[:4])
     ref_year, _, _, ref_id, ref_path, ref_meta = metas[0]
-    with rasterio.open(ref_path) as src:
+    with open_raster(ref_path, "scene", _FIX) as src:
         crs, res = src.crs.to_string(), float(abs(src.res[0]))
     record: dict[str, Any] = {
         "type": "pixeldino_coregistration",
@@ -313,7 +323,10 @@ def scene_corrections(
     """
     out: dict[str, tuple[float, float]] = {}
     for rec in records:
+        if not isinstance(rec, dict) and not Path(rec).exists():
+            raise InputError(f"{rec}: co-registration sidecar not found; run `pixeldino coregister` for the tile")
         data = rec if isinstance(rec, dict) else read_json(rec)
+        _check_record(data, rec if not isinstance(rec, dict) else "co-registration record")
         for scene_id, entry in data.get("scenes", {}).items():
             magnitude = float(np.hypot(entry["dx_px"], entry["dy_px"]))
             if entry.get("status") == "measured" and magnitude > max_shift_px:
@@ -325,3 +338,24 @@ def scene_corrections(
                 )
             out[scene_id] = (float(entry["correction_m"][0]), float(entry["correction_m"][1]))
     return out
+
+
+def _check_record(data: Any, source: str | os.PathLike[str]) -> None:
+    """Refuse a co-registration record without the fields the corrections are read from.
+
+    Raises:
+        InputError: naming the file, what is missing and the fix.
+    """
+    fix = "run `pixeldino coregister` for the tile again"
+    scenes = data.get("scenes") if isinstance(data, dict) else None
+    if not isinstance(scenes, dict):
+        raise InputError(f"{source}: not a co-registration record (no 'scenes'); {fix}")
+    for scene_id, entry in scenes.items():
+        shift = entry.get("correction_m") if isinstance(entry, dict) else None
+        numbers = (
+            isinstance(shift, list)
+            and len(shift) == 2
+            and all(isinstance(v, (int, float)) for v in [*shift, entry.get("dx_px"), entry.get("dy_px")])
+        )
+        if not numbers:
+            raise InputError(f"{source}: scene {scene_id} lacks its shift (dx_px, dy_px, correction_m); {fix}")

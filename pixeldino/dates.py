@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pixeldino.errors import ConfigError
 
 
-def _parse_instant(text: str, end: bool) -> dt.datetime | None:
+def _parse_instant(text: str, end: bool, key: str) -> dt.datetime | None:
     """Parse one side of a datetime range; a bare date as the end means the whole day (inclusive)."""
     text = text.strip()
     if text in ("", ".."):
@@ -26,13 +26,19 @@ def _parse_instant(text: str, end: bool) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(
-            f"datetime {text!r} is not ISO 8601; use e.g. '2021-06-01/2021-09-30' or '2021-07-01T00:00:00Z'"
+            f"{key}: {text!r} is not ISO 8601; use e.g. '2021-06-01/2021-09-30' or '2021-07-01T00:00:00Z'"
         ) from None
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def parse_datetime_range(value: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+def parse_datetime_range(
+    value: str | None, key: str = "search.datetime"
+) -> tuple[dt.datetime | None, dt.datetime | None]:
     """Parse ``"start/end"`` (either side may be ``..``) or a single date into inclusive UTC bounds.
+
+    Args:
+        value: the range.
+        key: the config key (or option) the range comes from, named in the errors.
 
     Raises:
         ConfigError: a side is not ISO 8601, or the range ends before it starts.
@@ -44,9 +50,13 @@ def parse_datetime_range(value: str | None) -> tuple[dt.datetime | None, dt.date
         left, right = text.split("/", 1)
     else:
         left = right = text
-    start, end = _parse_instant(left, end=False), _parse_instant(right, end=True)
+    start, end = _parse_instant(left, end=False, key=key), _parse_instant(right, end=True, key=key)
     if start and end and start > end:
-        raise ConfigError(f"datetime range {value!r} ends before it starts")
+        # a reversed range would match nothing and end in a misleading "no scenes" error
+        raise ConfigError(
+            f"{key}: the range {value!r} ends before it starts; give START/END with START first, "
+            f"e.g. '{right.strip()}/{left.strip()}'"
+        )
     return start, end
 
 

@@ -30,8 +30,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -337,7 +335,7 @@ def _publish_file(tmp: Path, final: Path) -> None:
 def _publish_dir(tmp: Path, final: Path) -> None:
     from pixeldino.io import follow_umask
 
-    follow_umask(tmp)  # mkdtemp made it 0700: others could not use the cached engine
+    follow_umask(tmp)  # the converter may write private files: others could not use the cached engine
     try:
         os.rename(tmp, final)  # atomic for a directory; fails if another job published first
     except OSError:
@@ -350,7 +348,9 @@ def export_onnx(model: UNet, path: Path, channels: int, patch: int) -> Path:
 
     graph = exportable_model(model)
     example = torch.zeros(2, channels, patch, patch)  # batch 2: torch.export specialises a batch of 1
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    from pixeldino.io import new_temporary
+
+    tmp = new_temporary(path)  # named for the export, this host and process: a killed export's is removed later
     try:
         with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
@@ -378,7 +378,9 @@ def convert_openvino(onnx_path: Path, xml_path: Path) -> Path:
     import openvino as ov
 
     folder = xml_path.parent
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    from pixeldino.io import new_temporary
+
+    tmp = new_temporary(folder, directory=True)
     try:
         ov.save_model(ov.convert_model(str(onnx_path)), str(tmp / xml_path.name), compress_to_fp16=False)
         _publish_dir(tmp, folder)

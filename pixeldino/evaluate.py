@@ -37,11 +37,30 @@ from pixeldino.io import atomic_output, write_json
 from pixeldino.labels import burn, read_labels
 from pixeldino.metrics import f1_score, mean_of_defined, ratio
 from pixeldino.probability import invalid_mask, positive_mask, read_probability, resolve_threshold
+from pixeldino.rasters import open_raster, read_raster
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 QUICKLOOK_BANDS = ("B04", "B03", "B02")
 QUICKLOOK_MAX_PIXELS = 2000
 MATCHING = "overlap: an object matches when it shares at least one evaluated pixel with the other set"
+
+
+def _pixel_scores(tp: int, fp: int, fn: int) -> dict[str, Any]:
+    """Pixel ``iou``, ``f1``, ``precision``, ``recall`` and the counts, as ``metrics.json`` reports them.
+
+    The F1 is the harmonic mean of precision and recall (:func:`pixeldino.metrics.f1_score`), as ``metrics.json``
+    has always reported it, not the Dice coefficient of :func:`pixeldino.metrics.confusion_metrics`.
+    """
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {
+        "iou": ratio(tp, tp + fp + fn),
+        "f1": f1_score(precision, recall),
+        "precision": precision,
+        "recall": recall,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 def _bounds_rows_cols(
@@ -82,8 +101,9 @@ def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def _read_true_colour(image_path: Path, crs: Any, transform: Affine, shape: tuple[int, int], step: int) -> np.ndarray:
     """B04, B03, B02 of ``image_path`` on the evaluation grid, decimated by ``step`` (a plain read when grids agree)."""
+    fix = "give the scene the prediction was made from"
     try:
-        with rasterio.open(image_path) as src:
+        with open_raster(image_path, "the image for the quicklook", fix) as src:
             indexes = band_indexes(
                 src.descriptions,
                 QUICKLOOK_BANDS,
@@ -100,7 +120,7 @@ def _read_true_colour(image_path: Path, crs: Any, transform: Affine, shape: tupl
                 nodata=0,
             ) as vrt:
                 out_shape = (len(QUICKLOOK_BANDS), -(-shape[0] // step), -(-shape[1] // step))
-                return vrt.read(indexes, out_shape=out_shape).astype(np.float32)
+                return read_raster(vrt, indexes, out_shape=out_shape).astype(np.float32)
     except RasterioIOError as exc:
         raise InputError(f"{image_path}: cannot read the image for the quicklook ({exc})") from exc
 
@@ -176,22 +196,17 @@ def evaluate_site(
         "quicklook"}``; see the module docs for the definitions.
     """
     prob_path, labels_path = Path(prob_path), Path(labels_path)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"evaluate threshold (--threshold) {threshold} must be a probability within [0, 1]")
     if not prob_path.exists():
         raise InputError(f"{prob_path}: probability raster not found; run `pixeldino predict` first")
-    try:
-        with rasterio.open(prob_path) as src:
-            crs, full_transform, full_shape = src.crs, src.transform, (src.height, src.width)
-    except RasterioIOError as exc:
-        raise InputError(f"{prob_path}: cannot read the probability raster ({exc}); re-run prediction") from exc
-    if crs is None:
-        raise InputError(f"{prob_path}: probability raster has no CRS; re-run prediction on a georeferenced scene")
+    with open_raster(prob_path, "the probability raster", "re-run prediction on a georeferenced scene") as src:
+        crs, full_transform, full_shape = src.crs, src.transform, (src.height, src.width)
 
     window = None
     aoi = None
     if aoi_path is not None:
-        aoi = read_labels(aoi_path, crs, what="AOI file")
-        if aoi.empty:
-            raise InputError(f"{aoi_path}: the AOI has no polygons")
+        aoi = read_labels(aoi_path, crs, what="AOI file", require_polygons=True)
         rows_cols = _bounds_rows_cols(aoi.total_bounds, full_transform, full_shape)
         if rows_cols is None:
             raise InputError(f"{aoi_path}: the AOI does not overlap prediction {prob_path}; use the scene covering it")
@@ -204,23 +219,30 @@ def evaluate_site(
     region = ~invalid_mask(values, info)
     if aoi is not None:
         region &= burn(aoi, transform, shape)
-    labels_gdf = read_labels(labels_path, crs)
-    label_mask = burn(labels_gdf, transform, shape) & region
+    labels_gdf = read_labels(labels_path, crs, require_polygons=True)
+    on_grid = burn(labels_gdf, transform, shape)
+    label_mask = on_grid & region
+    if not label_mask.any():
+        # metrics against labels that are not there would read as a model that finds nothing (IoU 0 or n/a)
+        within = f" within the AOI {aoi_path}" if aoi_path is not None else ""
+        outside = f"outside the AOI {aoi_path} or " if aoi_path is not None else ""
+        how = (
+            f"lie only {outside}where prediction {prob_path} has no data"
+            if on_grid.any()
+            else f"do not overlap prediction {prob_path}{within}"
+        )
+        raise InputError(
+            f"the {len(labels_gdf)} label polygons of {labels_path} {how}; give the labels of the area this "
+            "scene covers, or the prediction of the scene that covers them"
+        )
     predicted = positive_mask(values, info, thr) & region
 
     tp = int(np.count_nonzero(label_mask & predicted))
     fp = int(np.count_nonzero(predicted & ~label_mask))
     fn = int(np.count_nonzero(label_mask & ~predicted))
     n_eval = int(np.count_nonzero(region))
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
     pixel = {
-        "iou": ratio(tp, tp + fp + fn),
-        "f1": f1_score(precision, recall),
-        "precision": precision,
-        "recall": recall,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
+        **_pixel_scores(tp, fp, fn),
         "tn": n_eval - tp - fp - fn,
         "n_pixels": n_eval,
         "label_positive_fraction": ratio(tp + fn, n_eval),
@@ -307,7 +329,6 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     tp = sum(r["pixel"]["tp"] for r in results.values())
     fp = sum(r["pixel"]["fp"] for r in results.values())
     fn = sum(r["pixel"]["fn"] for r in results.values())
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
     obj_p = ratio(
         sum(r["object"]["pred_objects_matched"] for r in results.values()),
         sum(r["object"]["n_pred_objects"] for r in results.values()),
@@ -317,13 +338,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         sum(r["object"]["n_label_objects"] for r in results.values()),
     )
     pooled = {
-        "iou": ratio(tp, tp + fp + fn),
-        "f1": f1_score(precision, recall),
-        "precision": precision,
-        "recall": recall,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
+        **_pixel_scores(tp, fp, fn),
         "object_precision": obj_p,
         "object_recall": obj_r,
         "object_f1": f1_score(obj_p, obj_r),

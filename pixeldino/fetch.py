@@ -15,17 +15,22 @@ Skipped scenes. A scene with no valid pixel, or (with a mask) no clear pixel, is
 workflow's targets stay what the checkpoint manifest promised, but its sidecar says ``"skipped": true`` with the
 reason, and a warning is logged; chipping ignores skipped scenes, and prediction on them yields nodata.
 
-Resume. All outputs are written under temporary names and renamed when complete, the JSON sidecar last: it marks a
-finished scene and records the request (bands, AOI cut, resolution, offset, mask). With ``overwrite=False``
-:func:`fetch_scene` returns at once when a finished scene with the same request exists, so an interrupted batch
-resumes where it stopped.
+Reads that cannot lie. Every band is read with decoding in the reading thread and every error GDAL reports
+counted (:mod:`pixeldino.rasters`), so a band that fails to decode (a truncated JPEG2000 file, a cut-off download)
+aborts the scene with one line naming the file, instead of being written with zeros.
+
+Resume. All outputs are written under temporary names and renamed when complete, the JSON sidecar last, with a
+completion record: the request (bands, AOI cut, resolution, offset, mask, asset hrefs) and the SHA-256 of the COG
+and the mask (:mod:`pixeldino.sidecar`). With ``overwrite=False`` :func:`fetch_scene` returns at once when the scene
+was completed with the same request and its files are unchanged, so an interrupted batch resumes where it stopped,
+and a scene truncated or modified since (or left by a faulty earlier run) is fetched again. A failed or interrupted
+scene leaves neither COG, mask nor sidecar.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -39,11 +44,12 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from pixeldino import __version__
+from pixeldino.auxlayers import AuxParams, add_aux_layers, aux_request
 from pixeldino.bands import canonical_bands
 from pixeldino.composite import CompositeMethod, composite_scenes
 from pixeldino.errors import ConfigError, InputError
 from pixeldino.harmonize import harmonization_offset
-from pixeldino.io import TILED_GTIFF_PROFILE, gtiff_to_cog, write_json
+from pixeldino.io import TILED_GTIFF_PROFILE, gtiff_to_cog, temporary, write_json, writing
 from pixeldino.loader import (
     RESAMPLING,
     SCL_BAND,
@@ -56,6 +62,7 @@ from pixeldino.loader import (
 from pixeldino.manifest import read_manifest, select_scenes
 from pixeldino.providers import PRESETS, Provider, StacParams, resolve_provider
 from pixeldino.quality import CLASS_NAMES, mask_path_for
+from pixeldino.rasters import READ_OPTIONS, georeference_problem
 from pixeldino.retry import GDAL_READ_OPTIONS
 from pixeldino.sidecar import is_finished, request_signature, scene_sidecar
 from pixeldino.tiles import AoiValue, load_aoi
@@ -129,6 +136,7 @@ def run_fetch(
     composites_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     threads: int | None = None,
+    aux: AuxParams | None = None,
 ) -> FetchReport:
     """The fetch stage: fetch the scenes of a manifest file (see :func:`fetch_manifest`).
 
@@ -143,6 +151,7 @@ def run_fetch(
             ``none``; None builds none (the workflow builds them in a rule of their own).
         overwrite: fetch again even when a finished output with the same request exists.
         threads: dask threads for reading; default all cores.
+        aux: auxiliary layers added to every scene (config section ``aux``, :mod:`pixeldino.auxlayers`).
 
     Raises:
         InputError: the manifest is invalid, a requested scene id is not in it, or a scene fails.
@@ -158,6 +167,7 @@ def run_fetch(
         overwrite=overwrite,
         threads=threads,
         source=str(manifest),
+        aux=aux,
     )
 
 
@@ -173,6 +183,7 @@ def fetch_manifest(
     overwrite: bool = False,
     threads: int | None = None,
     source: str = "the manifest",
+    aux: AuxParams | None = None,
 ) -> FetchReport:
     """Fetch scenes of a manifest into ``out_dir/<scene id>.tif``; finished scenes are not fetched again.
 
@@ -187,6 +198,7 @@ def fetch_manifest(
         overwrite: fetch again even when a finished output with the same request exists.
         threads: dask threads for reading; default all cores.
         source: the manifest's name in error messages.
+        aux: auxiliary layers added to every scene (:mod:`pixeldino.auxlayers`); None: none.
 
     Returns:
         The scene outputs, which of them were reused, and the composites written.
@@ -208,6 +220,7 @@ def fetch_manifest(
             provider=None,
             overwrite=overwrite,
             threads=threads,
+            aux=aux,
         )
         outputs.append(out)
         if not fetched:
@@ -230,6 +243,7 @@ def fetch_scene(
     provider: str | Provider | None = None,
     overwrite: bool = True,
     threads: int | None = None,
+    aux: AuxParams | None = None,
 ) -> Path:
     """Read a scene's band files and write them as one multi-band uint16 COG on a common grid.
 
@@ -247,6 +261,8 @@ def fetch_scene(
             ``provider`` field, else plain reading.
         overwrite: False returns at once when a finished output with the same request exists (resume).
         threads: dask threads for reading; default all cores.
+        aux: auxiliary layers (DEM derivatives, spectral indices) appended to the COG as named bands at the end
+            (:func:`pixeldino.auxlayers.add_aux_layers`); part of the request, so other settings fetch again.
 
     Returns:
         The path of the scene COG.
@@ -264,6 +280,7 @@ def fetch_scene(
         provider=provider,
         overwrite=overwrite,
         threads=threads,
+        aux=aux,
     )
     return out
 
@@ -305,6 +322,7 @@ def _fetch_scene(
     provider: str | Provider | None,
     overwrite: bool,
     threads: int | None,
+    aux: AuxParams | None = None,
 ) -> tuple[Path, bool]:
     """:func:`fetch_scene`, also saying whether the scene was fetched (False: a finished output was reused)."""
     band_list = canonical_bands(list(bands))
@@ -322,15 +340,49 @@ def _fetch_scene(
     offset, offset_reason = harmonization_offset(scene, params.harmonize)
     mask_href = scene.get("mask_asset") if params.quality_mask else None
     resolution = float(params.resolution)
+    sources = {b: str(assets[b]) for b in band_list}
+    if mask_href:
+        sources[SCL_BAND] = str(mask_href)
     signature = request_signature(
-        band_list, list(aoi_geom.bounds) if aoi_geom is not None else None, resolution, offset, params.quality_mask
+        band_list,
+        list(aoi_geom.bounds) if aoi_geom is not None else None,
+        resolution,
+        offset,
+        params.quality_mask,
+        sources,
+        aux_request(aux),
     )
     if not overwrite and is_finished(out, scene_id, signature):
-        log.info("%s is complete (same bands and settings); not fetched again", out)
+        log.info("%s is complete (same request, files unchanged since); not fetched again", out)
         return out, False
+    with writing(out):
+        _write_scene(
+            scene, band_list, out, params, aoi_geom, offset, offset_reason, mask_href, provider, signature, threads
+        )
+        add_aux_layers(out, aux, remove_on_failure=True)
+    return out, True
 
+
+def _write_scene(
+    scene: Mapping[str, Any],
+    band_list: list[str],
+    out: Path,
+    params: FetchParams,
+    aoi_geom: BaseGeometry | None,
+    offset: int,
+    offset_reason: str,
+    mask_href: str | None,
+    provider: str | Provider | None,
+    signature: Mapping[str, Any],
+    threads: int | None,
+) -> None:
+    """Read the scene's bands and write its COG, mask and sidecar (the sidecar last); nothing is left on failure."""
+    scene_id = str(scene.get("id", "?"))
+    assets: Mapping[str, str] = scene.get("assets") or {}
+    resolution = float(params.resolution)
     prov = _reading_provider(provider if provider is not None else scene.get("provider"))
-    gdal_options = {**GDAL_READ_OPTIONS, **(prov.gdal_options() if prov else {})}
+    # READ_OPTIONS: decode in the reading thread, so that a band that fails to decode is an error, not zeros
+    gdal_options = {**GDAL_READ_OPTIONS, **(prov.gdal_options() if prov else {}), **READ_OPTIONS}
     sign = prov.sign_href if prov else (lambda href: href)
     read_hrefs = {b: absolute_href(sign(str(assets[b]))) for b in band_list}
     if mask_href:
@@ -349,7 +401,7 @@ def _fetch_scene(
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         data = load_scene(scene, read_hrefs, headers, crs, transform, width, height, gdal_options, threads)
-        tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.")))
+        tmpdir = stack.enter_context(temporary(out, directory=True))
         # intermediate tiled GeoTIFFs live in tmpdir and are deleted on exit; only the COG copies become outputs
         profile = {**TILED_GTIFF_PROFILE, "width": width, "height": height, "crs": crs, "transform": transform}
         if small:
@@ -371,6 +423,8 @@ def _fetch_scene(
                 dst.set_band_description(i, band)
         blocksize = 256 if small else 512
         written: list[Path] = []
+        # the sidecar of an earlier fetch must never describe the files about to replace its own
+        out.with_suffix(".json").unlink(missing_ok=True)
         try:
             if mask_href:
                 with rasterio.open(tmpdir / "mask.tif", "r+") as dst:
@@ -398,6 +452,7 @@ def _fetch_scene(
                 mask_out,
                 stats,
                 signature,
+                written,
             )
             write_json(out.with_suffix(".json"), sidecar)
         except BaseException:
@@ -412,7 +467,6 @@ def _fetch_scene(
             sidecar["skip_reason"],
             out.with_suffix(".json").name,
         )
-    return out, True
 
 
 def _checked_headers(
@@ -426,8 +480,11 @@ def _checked_headers(
     with rasterio.Env(**gdal_options):
         headers = {b: read_header(href, scene_id, b) for b, href in hrefs.items()}
     for band, h in headers.items():
-        if h["crs"] is None:
-            raise InputError(f"band {band} of scene {scene_id} at {hrefs[band]} has no CRS; the file is damaged")
+        problem = georeference_problem(h["crs"], h["transform"])
+        if problem:
+            raise InputError(
+                f"band {band} of scene {scene_id} at {hrefs[band]} {problem}; the file is damaged: re-download it"
+            )
         if h["count"] < 1:
             raise InputError(f"band {band} of scene {scene_id} at {hrefs[band]} has no raster band")
         if expected_crs is not None and h["crs"] != expected_crs:

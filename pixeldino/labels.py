@@ -11,6 +11,7 @@ Conventions shared by chipping, training and evaluation:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from shapely.geometry.base import BaseGeometry
 
 from pixeldino.errors import InputError, first_line
 from pixeldino.metrics import mask_iou
+
+log = logging.getLogger(__name__)
 
 #: Mask value for pixels that carry no label (outside the footprint, image nodata, padding).
 IGNORE = 255
@@ -63,22 +66,68 @@ def clean_polygons(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return out.reset_index(drop=True)
 
 
+def _choose_layer(path: Path, layer: str | None, what: str) -> str | None:
+    """The layer of ``path`` to read: ``layer`` if given, the only layer, or the only polygon layer.
+
+    A multi-layer file (a GeoPackage with labels and their footprint, say) is never read by guessing: GDAL's
+    default is the first layer, which may well be the wrong one.
+
+    Raises:
+        InputError: ``layer`` is not in the file, or several layers hold polygons and none was named.
+    """
+    import pyogrio
+
+    try:
+        layers = [(str(name), str(kind or "")) for name, kind in pyogrio.list_layers(path)]
+    except Exception as exc:  # pyogrio raises DataSourceError and others for unreadable files
+        raise InputError(f"cannot read {what} {path} ({first_line(exc)}); is it a valid vector file?") from exc
+    names = [name for name, _ in layers]
+    if layer is not None:
+        if layer not in names:
+            raise InputError(f"{what} {path} has no layer {layer!r} (it has {', '.join(names) or 'none'})")
+        return layer
+    if len(layers) <= 1:
+        return None
+    polygonal = [name for name, kind in layers if "polygon" in kind.lower() or kind in ("", "Unknown")]
+    if len(polygonal) == 1:
+        log.info("%s %s: reading layer %r, its only polygon layer (of %s)", what, path, polygonal[0], ", ".join(names))
+        return polygonal[0]
+    raise InputError(
+        f"{what} {path} has {len(layers)} layers ({', '.join(names)}) and it is not clear which one to read; "
+        f"give a file with one layer, e.g. `ogr2ogr {path.stem}_{names[0]}{path.suffix} {path.name} {names[0]}`"
+    )
+
+
 def read_labels(
-    path: str | os.PathLike[str], crs: Any, layer: str | None = None, what: str = "label file"
+    path: str | os.PathLike[str],
+    crs: Any,
+    layer: str | None = None,
+    what: str = "label file",
+    *,
+    require_polygons: bool = False,
 ) -> gpd.GeoDataFrame:
     """Read RTS polygons from any vector file, reproject them to ``crs`` and repair them.
 
+    Invalid geometries are repaired (``make_valid``) and parts that are not polygons dropped, both with a warning
+    that says how many; a file with several layers is read only when the layer is named or it is the file's
+    only polygon layer.
+
     Args:
         path: GeoPackage, Shapefile, GeoJSON, GeoParquet, ... (anything pyogrio reads, ``.parquet`` via pyarrow).
-        crs: target CRS (anything :class:`pyproj.CRS` accepts, e.g. ``"EPSG:32608"`` or a rasterio CRS).
-        layer: layer name for multi-layer files; the first layer when None.
-        what: how error messages name the file (e.g. "AOI file").
+        crs: target CRS (anything :class:`pyproj.CRS` accepts, e.g. ``"EPSG:32608"`` or a rasterio CRS); None keeps
+            the file's own CRS.
+        layer: layer name for multi-layer files; None: the only layer, or the only polygon layer.
+        what: how messages name the file (e.g. "AOI file").
+        require_polygons: refuse a file that holds no polygon (none at all, or only invalid or non-areal
+            features) instead of returning an empty frame.
 
     Returns:
-        A GeoDataFrame in ``crs`` with valid (Multi)Polygon geometries; it may be empty (no RTS in the area).
+        A GeoDataFrame in ``crs`` with valid (Multi)Polygon geometries; it may be empty (no RTS in the area) unless
+        ``require_polygons``.
 
     Raises:
-        InputError: the file is missing or unreadable, the layer does not exist, or the file has no CRS.
+        InputError: the file is missing or unreadable, the layer does not exist or is ambiguous, the file has no
+            CRS, or (``require_polygons``) it holds no polygon.
     """
     p = Path(path)
     if not p.exists():
@@ -87,16 +136,39 @@ def read_labels(
         if p.suffix.lower() in (".parquet", ".geoparquet"):
             gdf = gpd.read_parquet(p)
         else:
-            gdf = gpd.read_file(p, layer=layer)
+            gdf = gpd.read_file(p, layer=_choose_layer(p, layer, what))
+    except InputError:
+        raise
     except Exception as exc:  # pyogrio/pyarrow raise many types; the user needs the file name and the reason
         raise InputError(f"cannot read {what} {p} ({first_line(exc)}); is it a valid vector file?") from exc
     if gdf.crs is None:
         raise InputError(
             f"{what} {p} has no CRS; assign the right one, e.g. `ogr2ogr -a_srs EPSG:32608 fixed.gpkg {p.name}`"
         )
-    if len(gdf):
+    n_features = len(gdf)
+    if n_features:
+        geoms = gdf.geometry.values
+        present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+        n_invalid = int((present & ~shapely.is_valid(geoms)).sum())
         gdf = clean_polygons(gdf)
-    return gdf.to_crs(CRS.from_user_input(crs))
+        if n_invalid:
+            log.warning("%s %s: repaired %d invalid geometries (make_valid)", what, p, n_invalid)
+        if len(gdf) < n_features:
+            log.warning(
+                "%s %s: %d of %d features left out: no polygon area (points, lines, empty or collapsed rings)",
+                what,
+                p,
+                n_features - len(gdf),
+                n_features,
+            )
+    if require_polygons and not len(gdf):
+        detail = (
+            "it has no features"
+            if not n_features
+            else f"none of its {n_features} features is a polygon with an area, even after repair"
+        )
+        raise InputError(f"{what} {p} has no polygons ({detail}); draw polygons or give the right file")
+    return gdf if crs is None else gdf.to_crs(CRS.from_user_input(crs))
 
 
 def _as_shapes(geoms: Geometries | None) -> list[BaseGeometry]:

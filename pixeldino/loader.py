@@ -5,7 +5,9 @@ requests, or ``s3://``) with **odc-stac**: the manifest entry becomes a STAC ite
 of each file (read from its header, :func:`read_header`), and :func:`odc.stac.load` builds a dask array on an
 explicit output grid (:func:`target_grid`): the finest band's extent in the scene's own UTM CRS, optionally cut to
 the AOI (snapped outward to the pixel grid). :func:`write_blocks` computes and writes it in blocks of rows, so
-memory stays bounded for full 110 km tiles. Every read is retried (:mod:`pixeldino.retry`).
+memory stays bounded for full 110 km tiles. Every read is retried (:mod:`pixeldino.retry`), and every error GDAL
+reports during a read fails it, even one GDAL only logs (:func:`pixeldino.rasters.gdal_errors`): a band that does
+not decode never becomes zeros in the output.
 
 Resampling. Bands already on the output grid are copied exactly. The 20 m and 60 m bands are resampled
 **bilinearly**: it keeps band-to-band values smooth at the 10 m scale the model sees, never invents values outside
@@ -34,9 +36,10 @@ from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from pixeldino.errors import InputError, PixeldinoError, first_line
+from pixeldino.errors import InputError, PixeldinoError
 from pixeldino.harmonize import harmonize_dn
 from pixeldino.quality import CLASS_NAMES, INVALID, scl_to_mask
+from pixeldino.rasters import gdal_errors, gdal_message, read_failure
 from pixeldino.retry import retry_read, wait_until_served
 
 #: Resampling used when a band's native grid differs from the 10 m target grid (see module docs).
@@ -69,7 +72,7 @@ def read_header(href: str, scene_id: str, band: str) -> dict[str, Any]:
         return retry_read(read, what, href=href)
     except RasterioError as exc:  # RasterioIOError and friends: missing, corrupt, not a raster, HTTP errors
         raise InputError(
-            f"cannot read band {band} of scene {scene_id} at {href} ({first_line(exc)}); "
+            f"cannot read band {band} of scene {scene_id} at {href} ({gdal_message(exc)}); "
             "re-download it or re-run the search"
         ) from exc
 
@@ -220,15 +223,28 @@ def write_blocks(
     return stats
 
 
+class _GdalReported(Exception):
+    """GDAL reported an error during a read that seemed to succeed (see :func:`pixeldino.rasters.gdal_errors`)."""
+
+
 def _compute(data: Any, band: str, rows: slice, href: str, scene_id: str) -> np.ndarray:
-    """Read one band's rows (dask compute) with retries; I/O failures become one-line InputErrors."""
+    """Read one band's rows (dask compute) with retries; I/O failures become one-line InputErrors.
+
+    An error GDAL reports in any thread during the computation (odc-stac reads in dask's threads; only this band's
+    reads run meanwhile) fails the attempt, like a raised one: such a read may have returned zeros.
+    """
     what = f"reading band {band} of scene {scene_id}"
+
+    def attempt() -> np.ndarray:
+        with gdal_errors(all_threads=True) as errors:
+            block = np.asarray(data[band].isel(time=0, y=rows).values)
+        if errors:
+            raise _GdalReported(errors[0])  # retried like a raised error when it looks transient (HTTP)
+        return block
+
     try:
-        return retry_read(lambda: np.asarray(data[band].isel(time=0, y=rows).values), what, href=href)
+        return retry_read(attempt, what, href=href)
     except PixeldinoError:
         raise
     except Exception as exc:  # rasterio, GDAL and odc-stac wrap read errors in several types
-        raise InputError(
-            f"cannot read band {band} of scene {scene_id} at {href} ({first_line(exc)}); "
-            "the file is corrupt or truncated: re-download it"
-        ) from exc
+        raise read_failure(href, f"band {band} of scene {scene_id}", "re-download it", gdal_message(exc)) from exc

@@ -32,7 +32,11 @@ SCENE_KEYS = ("id", "tile", "datetime", "crs", "assets")
 
 
 def _validate(manifest: Any, source: str) -> dict[str, Any]:
-    """``manifest`` itself when it is a scene manifest of this version whose scenes have :data:`SCENE_KEYS`.
+    """``manifest`` itself when it is a scene manifest of this version whose scenes are complete.
+
+    A complete scene has :data:`SCENE_KEYS`, and ``assets`` maps band ids to hrefs, with one href for every band
+    the search asked for (``query.bands``): a scene without one of them would fail only later, in the fetch, and
+    without naming the manifest.
 
     Raises:
         InputError: naming ``source`` and what is wrong.
@@ -44,10 +48,28 @@ def _validate(manifest: Any, source: str) -> dict[str, Any]:
     scenes = manifest.get("scenes")
     if not isinstance(scenes, list):
         raise InputError(f"{source}: manifest has no 'scenes' list; re-run `pixeldino search`")
+    query = manifest.get("query")
+    asked = query.get("bands") if isinstance(query, dict) else None
+    wanted = [str(b) for b in asked] if isinstance(asked, list) else []
     for i, scene in enumerate(scenes):
+        if not isinstance(scene, dict):
+            raise InputError(f"{source}: scene #{i} is not an object; re-run `pixeldino search`")
         missing = [k for k in SCENE_KEYS if k not in scene]
         if missing:
             raise InputError(f"{source}: scene #{i} lacks {', '.join(missing)}; re-run `pixeldino search`")
+        name = f"scene {scene['id']}"
+        assets = scene["assets"]
+        if not isinstance(assets, dict) or not assets:
+            raise InputError(f"{source}: {name} has no band assets; re-run `pixeldino search`")
+        empty = sorted(str(b) for b, href in assets.items() if not isinstance(href, str) or not href.strip())
+        if empty:
+            raise InputError(f"{source}: {name} has no href for band(s) {', '.join(empty)}; re-run `pixeldino search`")
+        lacking = [b for b in wanted if b not in assets]
+        if lacking:
+            raise InputError(
+                f"{source}: {name} has no asset for band(s) {', '.join(lacking)} (the search asked for "
+                f"{', '.join(wanted)}; it has {', '.join(sorted(map(str, assets)))}); re-run `pixeldino search`"
+            )
     return manifest
 
 
@@ -63,6 +85,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         InputError: the file is missing, not JSON, or not a scene manifest.
     """
+    if not Path(path).exists():
+        raise InputError(f"scene manifest {path} not found; run `pixeldino search` to write it")
     return _validate(read_json(path), str(path))
 
 

@@ -51,7 +51,7 @@ from pyproj import CRS, Geod
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pixeldino.errors import ConfigError, InputError
+from pixeldino.errors import ConfigError, InputError, first_line
 from pixeldino.io import atomic_output
 from pixeldino.polygonize import LAYER, as_multipolygon, empty_frame, write_qgis_style
 
@@ -192,12 +192,17 @@ def read_detections(
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: polygon file not found; run `pixeldino polygonize` for this scene first")
+    fix = "give the GeoPackage `pixeldino polygonize` wrote for the scene"
+    try:
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+    except Exception as exc:  # pyogrio raises several types (DataSourceError, ...)
+        raise InputError(f"{path}: cannot read the polygon file ({first_line(exc)}); {fix}") from None
+    if LAYER not in layers:
+        raise InputError(f"{path}: no layer {LAYER!r} (it has {', '.join(layers) or 'no layers'}); {fix}")
     try:
         gdf = pyogrio.read_dataframe(path, layer=LAYER)
     except Exception as exc:  # pyogrio raises several types (DataSourceError, DataLayerError, ...)
-        raise InputError(
-            f"{path}: cannot read layer {LAYER!r} ({exc}); give a GeoPackage from `pixeldino polygonize`"
-        ) from None
+        raise InputError(f"{path}: cannot read layer {LAYER!r} ({first_line(exc)}); {fix}") from None
     if gdf.crs is None:
         raise InputError(f"{path}: layer {LAYER!r} has no CRS; re-create it with `pixeldino polygonize`")
     for column, default in _DETECTION_DEFAULTS.items():
@@ -428,6 +433,11 @@ def run_merge(
     Returns:
         The ``rts`` layer: one row per slump (:data:`MERGED_SCHEMA`), MultiPolygon geometry, sorted by ``rts_id``.
     """
+    if not inputs:
+        raise InputError(
+            f"{out_gpkg}: no polygon files to merge; give the per-scene GeoPackages (layer {LAYER!r}) that "
+            "`pixeldino polygonize` wrote"
+        )
     target = CRS.from_user_input(params.crs)
     frames = [read_detections(p, target) for p in inputs]
     frames = [f for f in frames if len(f)]

@@ -10,6 +10,19 @@ Each method's formula is written once (:func:`_formula`, against a small table o
 by numpy (:func:`normalise`, inference) and by torch (:func:`normalise_torch`, training on any device); the
 inference look-up table (:func:`lookup_table`) holds the numpy values of every 8- or 16-bit DN.
 
+**Auxiliary layers.** A model whose input bands end with auxiliary layers (``slope``, ``relative_elevation``...,
+see :mod:`pixeldino.terrain`) has an ``aux`` list in its spec, one entry per layer, for the last ``len(aux)``
+bands::
+
+    {"method": "logsigmoid", "aux": [{"band": "slope", "scale": 0.01, "offset": -0.01, "transform": "linear",
+                                      "center": 0.0, "divisor": 90.0, "clip": [0.0, 1.0]}, ...]}
+
+The method applies to the Sentinel-2 bands before them (``zscore`` statistics: one per Sentinel-2 band); each
+layer is decoded from its uint16 encoding and scaled instead: ``value = DN * scale + offset``, ``cos(value)`` in
+degrees for ``transform: cos``, then ``clip((value - center) / divisor, *clip)``, and DN 0 (the layer's no data)
+is 0. The numbers are stored in the spec itself (:func:`with_aux` takes them from the encoding table), so a model
+decodes its layers as it was trained even if the table changes later.
+
 **Nodata.** A pixel whose bands all hold the nodata DN (0, as in Sentinel-2 L2A scenes and in chip stores) carries
 no measurement and enters the network as 0, in training and in inference alike; a DN of 0 in only some bands of a
 pixel is a measurement and is normalised by the formula like any other DN. Both functions take ``nodata``: with
@@ -39,29 +52,112 @@ METHODS = ("logsigmoid", "zscore", "scale")
 NODATA_DN = 0
 
 
-def validate_spec(spec: Mapping[str, Any], n_bands: int | None = None) -> dict[str, Any]:
+#: The keys of one ``aux`` entry of a spec (module docs).
+AUX_KEYS = ("band", "scale", "offset", "transform", "center", "divisor", "clip")
+AUX_TRANSFORMS = ("linear", "cos")
+
+
+def _aux_entry(entry: Any) -> dict[str, Any]:
+    """A checked, clean copy of one ``aux`` entry."""
+    if not isinstance(entry, Mapping) or any(k not in entry for k in AUX_KEYS):
+        raise ConfigError(f"an 'aux' normalisation entry needs the keys {', '.join(AUX_KEYS)}; got {entry!r}")
+    if entry["transform"] not in AUX_TRANSFORMS:
+        raise ConfigError(f"aux entry {entry['band']!r}: transform {entry['transform']!r} is not linear or cos")
+    clip = [float(v) for v in entry["clip"]]
+    divisor = float(entry["divisor"])
+    if divisor <= 0 or len(clip) != 2 or clip[0] > clip[1]:
+        raise ConfigError(f"aux entry {entry['band']!r}: divisor must be positive and clip a [low, high] pair")
+    return {
+        "band": str(entry["band"]),
+        "scale": float(entry["scale"]),
+        "offset": float(entry["offset"]),
+        "transform": str(entry["transform"]),
+        "center": float(entry["center"]),
+        "divisor": divisor,
+        "clip": clip,
+    }
+
+
+def validate_spec(
+    spec: Mapping[str, Any], n_bands: int | None = None, *, bands: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Check a normalisation spec and return a clean copy (statistics as float lists).
 
+    Args:
+        spec: the spec.
+        n_bands: the number of input bands (all of them, auxiliary layers included), when known.
+        bands: the input band names, when known: the ``aux`` entries must name the last of them, in order.
+
     Raises:
-        ConfigError: an unknown method, missing or mis-sized zscore statistics, or a non-positive zscore scale.
+        ConfigError: an unknown method, missing or mis-sized zscore statistics, a non-positive zscore scale, or
+            ``aux`` entries that are malformed or do not name the last bands.
     """
     method = spec.get("method")
     if method not in METHODS:
         raise ConfigError(f"normalisation method {method!r} is not one of {', '.join(METHODS)}")
     out: dict[str, Any] = {"method": method}
+    aux = [_aux_entry(e) for e in spec.get("aux") or []]
+    if bands is not None:
+        n_bands = len(bands) if n_bands is None else n_bands
+        tail = [str(b) for b in bands[len(bands) - len(aux) :]] if aux else []
+        if [e["band"] for e in aux] != tail or len(aux) > len(bands):
+            raise ConfigError(
+                f"normalisation 'aux' entries ({', '.join(e['band'] for e in aux) or 'none'}) do not name the last "
+                f"input bands ({', '.join(map(str, bands))})"
+            )
+    n_spectral = None if n_bands is None else n_bands - len(aux)
+    if n_spectral is not None and n_spectral < 0:
+        raise ConfigError(f"normalisation has {len(aux)} 'aux' entries for {n_bands} bands")
     if method == "zscore":
         for key in ("center", "scale"):
             if key not in spec:
                 raise ConfigError(f"zscore normalisation needs per-band '{key}' statistics (compute_zscore_stats)")
             values = [float(v) for v in spec[key]]
-            if n_bands is not None and len(values) != n_bands:
-                raise ConfigError(f"zscore '{key}' has {len(values)} values for {n_bands} bands")
+            if n_spectral is not None and len(values) != n_spectral:
+                raise ConfigError(
+                    f"zscore '{key}' has {len(values)} values for {n_spectral} bands"
+                    + (f" (and {len(aux)} auxiliary layers, which have their own scaling)" if aux else "")
+                )
             out[key] = values
         if any(s <= 0 for s in out["scale"]):
             raise ConfigError("zscore 'scale' statistics must be positive")
     elif method == "scale":
         out["factor"] = float(spec.get("factor", 1e-4))
+    if aux:
+        out["aux"] = aux
     return out
+
+
+def with_aux(spec: Mapping[str, Any], bands: Sequence[str]) -> dict[str, Any]:
+    """``spec`` with the ``aux`` entries of the auxiliary layers among ``bands`` (from the encoding table).
+
+    A spec that already has ``aux`` entries (a fine-tune's parent) keeps them: they must name the same layers.
+
+    Raises:
+        ConfigError: the bands' layers are not their tail, or the spec's ``aux`` entries name other layers.
+    """
+    from pixeldino.terrain import aux_normalisation
+
+    wanted = aux_normalisation(bands)
+    out = dict(spec)
+    if spec.get("aux"):
+        have = [e.get("band") for e in spec["aux"]]
+        if have != [e["band"] for e in wanted]:
+            raise ConfigError(
+                f"normalisation 'aux' entries ({', '.join(map(str, have))}) are not the auxiliary layers of the "
+                f"bands ({', '.join(e['band'] for e in wanted) or 'none'})"
+            )
+        return out
+    if wanted:
+        out["aux"] = wanted
+    else:
+        out.pop("aux", None)
+    return out
+
+
+def n_aux(spec: Mapping[str, Any]) -> int:
+    """How many of the last input bands are auxiliary layers (normalised by their ``aux`` entry)."""
+    return len(spec.get("aux") or [])
 
 
 @dataclass(frozen=True)
@@ -83,6 +179,11 @@ class _Ops:
     all_bands_equal: Callable[[Any, float, int], Any]
     #: ``array`` with 0 where ``mask`` is true.
     zero_where: Callable[[Any, Any], Any]
+    #: Elementwise ``max(array, low)`` and ``min(array, high)`` with scalar bounds.
+    clamp: Callable[[Any, float, float], Any]
+    cos: Callable[[Any], Any]
+    #: Arrays joined along an axis ``(arrays, axis)``.
+    concat: Callable[[Sequence[Any], int], Any]
 
 
 def _band_shape(ndim: int, band_axis: int) -> list[int]:
@@ -99,6 +200,9 @@ _NUMPY = _Ops(
     per_band=lambda values, like, axis: np.asarray(values, dtype=np.float32).reshape(_band_shape(like.ndim, axis)),
     all_bands_equal=lambda x, value, axis: (x == value).all(axis=axis, keepdims=True),
     zero_where=lambda x, mask: np.where(mask, np.float32(0.0), x),
+    clamp=lambda x, low, high: np.clip(x, np.float32(low), np.float32(high)),
+    cos=np.cos,
+    concat=lambda arrays, axis: np.concatenate(arrays, axis=axis),
 )
 
 
@@ -117,11 +221,48 @@ def _torch_ops() -> _Ops:
         ),
         all_bands_equal=lambda x, value, axis: (x == value).all(dim=axis, keepdim=True),
         zero_where=lambda x, mask: x.masked_fill(mask, 0.0),
+        clamp=lambda x, low, high: torch.clamp(x, low, high),
+        cos=torch.cos,
+        concat=lambda arrays, axis: torch.cat(list(arrays), dim=axis),
     )
 
 
+def _take(x: Any, start: int, stop: int, band_axis: int) -> Any:
+    """Bands ``start:stop`` of ``x`` (numpy arrays and torch tensors index alike)."""
+    index = [slice(None)] * x.ndim
+    index[band_axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+def _aux_formula(x: Any, entry: Mapping[str, Any], ops: _Ops) -> Any:
+    """One auxiliary layer's network input from its DNs: decoded, scaled and clipped; DN 0 (no data) is 0."""
+    value = x * ops.scalar(entry["scale"]) + ops.scalar(entry["offset"])
+    if entry["transform"] == "cos":
+        value = ops.cos(value * ops.scalar(np.pi / 180.0))
+    low, high = entry["clip"]
+    scaled = ops.clamp((value - ops.scalar(entry["center"])) / ops.scalar(entry["divisor"]), low, high)
+    return ops.zero_where(scaled, x == 0)
+
+
 def _formula(x: Any, spec: Mapping[str, Any], band_axis: int, ops: _Ops) -> Any:
-    """The normalised value of every element of ``x`` (float DNs) by ``spec``'s method; no nodata handling."""
+    """The normalised value of every element of ``x`` (float DNs) by ``spec``; no nodata handling.
+
+    The method normalises the Sentinel-2 bands; the last ``len(spec["aux"])`` bands are auxiliary layers, each
+    normalised by its own entry (module docs).
+    """
+    aux = spec.get("aux") or []
+    if not aux:
+        return _method_formula(x, spec, band_axis, ops)
+    axis = band_axis % x.ndim
+    n = x.shape[axis]
+    n_spectral = n - len(aux)
+    parts = [_method_formula(_take(x, 0, n_spectral, axis), spec, axis, ops)] if n_spectral > 0 else []
+    parts += [_aux_formula(_take(x, n_spectral + j, n_spectral + j + 1, axis), e, ops) for j, e in enumerate(aux)]
+    return ops.concat(parts, axis)
+
+
+def _method_formula(x: Any, spec: Mapping[str, Any], band_axis: int, ops: _Ops) -> Any:
+    """The method's formula (``logsigmoid``, ``scale``, ``zscore``) on every element of ``x``."""
     method = spec["method"]
     if method == "logsigmoid":
         return ops.sigmoid(2.5 * (ops.log1p(0.005 * ops.clamp_min(x, 0.0)) - 2.1))
@@ -183,13 +324,17 @@ def lookup_table(spec: Mapping[str, Any], n_bands: int, dtype: np.dtype[Any] | s
     return np.ascontiguousarray(normalise(np.broadcast_to(dn, (n_bands, dn.size)), spec, band_axis=0))
 
 
-def compute_zscore_stats(samples: np.ndarray, valid: np.ndarray | None = None) -> dict[str, Any]:
+def compute_zscore_stats(samples: np.ndarray, valid: np.ndarray | None = None, *, n_aux: int = 0) -> dict[str, Any]:
     """Robust per-band statistics from training pixels.
 
     Args:
         samples: ``(N, C, H, W)`` or ``(C, H, W)`` DN array.
         valid: optional boolean array broadcastable to ``samples`` without its band axis; False pixels are skipped.
+        n_aux: the last ``n_aux`` bands are auxiliary layers (scaled by their ``aux`` entry): no statistics.
     """
+    if n_aux:
+        samples = np.asarray(samples)
+        samples = samples[:, : samples.shape[1] - n_aux] if samples.ndim == 4 else samples[: samples.shape[0] - n_aux]
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]

@@ -17,6 +17,7 @@ from rasterio.windows import Window
 from pixeldino.engines import Engine
 from pixeldino.normalise import normalise
 from pixeldino.probability import NODATA_U8, PROBABILITY_SCALE
+from pixeldino.rasters import read_raster
 
 
 def patch_window(size: int) -> np.ndarray:
@@ -53,7 +54,7 @@ class WindowReader:
         bands, rows, cols = (k.indices(n) for k, n in zip(key, self.shape))
         window = Window.from_slices(slice(rows[0], rows[1]), slice(cols[0], cols[1]))
         with self.lock:  # a GDAL dataset handle is not thread-safe
-            return self.dataset.read(self.indexes[bands[0] : bands[1]], window=window)
+            return read_raster(self.dataset, self.indexes[bands[0] : bands[1]], window=window)
 
     def read_with_halo(self, rows: tuple[int, int], cols: tuple[int, int], halo: int) -> np.ndarray:
         """All bands over ``rows`` x ``cols`` grown by ``halo`` on each side, in one windowed read; beyond the
@@ -64,7 +65,7 @@ class WindowReader:
         inside = (max(r0, 0), min(r1, height)), (max(c0, 0), min(c1, width))
         window = Window.from_slices(slice(*inside[0]), slice(*inside[1]))
         with self.lock:
-            data = self.dataset.read(self.indexes, window=window)
+            data = read_raster(self.dataset, self.indexes, window=window)
         pad = ((0, 0), (inside[0][0] - r0, r1 - inside[0][1]), (inside[1][0] - c0, c1 - inside[1][1]))
         return np.pad(data, pad, mode="symmetric") if any(any(p) for p in pad) else data
 

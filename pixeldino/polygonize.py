@@ -32,6 +32,7 @@ from pixeldino import quality as q
 from pixeldino.errors import ConfigError
 from pixeldino.io import atomic_output
 from pixeldino.probability import invalid_mask, positive_mask, read_probability, resolve_threshold, to_probability
+from pixeldino.rasters import read_raster
 
 LAYER = "rts"
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -200,7 +201,7 @@ def _disk(radius: int) -> np.ndarray:
 def _read_quality(path: str | os.PathLike[str], info: dict[str, Any], prob_path: Path) -> np.ndarray:
     """The quality mask as an array on the probability raster's grid (InputError if it is on another grid)."""
     with q.open_quality_mask(path, q.Grid(info["crs"], info["transform"], tuple(info["shape"])), prob_path) as src:
-        return np.asarray(src.read(1))
+        return read_raster(src, 1)
 
 
 def run_polygonize(

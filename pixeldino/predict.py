@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
-import hashlib
 import logging
 import math
 import os
-import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +38,6 @@ import dask.array as da
 import numpy as np
 import rasterio
 import torch
-from rasterio.errors import RasterioIOError
 
 from pixeldino import probability
 from pixeldino.bands import band_indexes
@@ -56,8 +53,8 @@ from pixeldino.engines import (
     resolve_precision,
 )
 from pixeldino.errors import ConfigError, InputError, ModelError
-from pixeldino.io import atomic_output, gtiff_to_cog
-from pixeldino.modelio import load_model
+from pixeldino.io import atomic_output, gtiff_to_cog, temporary
+from pixeldino.modelio import load_model, model_id  # model_id: re-exported, its home is modelio
 from pixeldino.normalise import lookup_table
 from pixeldino.patches import (
     PatchPredictor,
@@ -69,6 +66,8 @@ from pixeldino.patches import (
 )
 from pixeldino.probability import NODATA_U8, PROBABILITY_SCALE
 from pixeldino.quality import Grid, nodata_lookup, open_quality_mask
+from pixeldino.rasters import open_raster
+from pixeldino.terrain import missing_band_hint
 
 log = logging.getLogger(__name__)
 
@@ -158,35 +157,11 @@ def pseudo_class_palette(n_classes: int) -> dict[int, tuple[int, int, int, int]]
     return colours
 
 
-def model_id(model_path: str | os.PathLike[str]) -> str:
-    """Short identifier of a model: the first 12 hex digits of the SHA-256 of its weights file."""
-    weights = Path(model_path)
-    if weights.suffix == ".json":
-        weights = weights.with_suffix(".safetensors")
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 def default_patch_size(chip_size: int | None, multiple: int) -> int:
     """The model's chip size rounded to its input multiple, at least 64 pixels."""
     base = chip_size or _MIN_PATCH
     rounded = multiple * max(1, round(base / multiple))
     return max(rounded, multiple * math.ceil(_MIN_PATCH / multiple))
-
-
-@contextlib.contextmanager
-def _open_raster(path: Path, what: str) -> Iterator[rasterio.io.DatasetReader]:
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found; check the path")
-    try:
-        ds = rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc}); re-create or re-download it") from exc
-    with ds:
-        yield ds
 
 
 def run_predict(
@@ -294,12 +269,15 @@ def predict_scene(
         patch = patch_size
 
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(_open_raster(scene, "scene"))
+        src = stack.enter_context(open_raster(scene, "scene", "fetch it again (pixeldino fetch)"))
         indexes = band_indexes(
             src.descriptions,
             list(meta["bands"]),
             path=scene,
-            fix_hint=f"model {model_path} needs them: use a scene with these bands, named in the band descriptions",
+            fix_hint=missing_band_hint(
+                meta["bands"],
+                f"model {model_path} needs them: use a scene with these bands, named in the band descriptions",
+            ),
         )
         short = min(src.height, src.width)
         if short < multiple:
@@ -375,9 +353,7 @@ def predict_scene(
             )
 
         out_prob.parent.mkdir(parents=True, exist_ok=True)
-        tmpdir = Path(
-            stack.enter_context(tempfile.TemporaryDirectory(dir=out_prob.parent, prefix=".pixeldino-predict-"))
-        )
+        tmpdir = stack.enter_context(temporary(out_prob, directory=True, outputs=[out_prob, out_pseudo]))
         scene_tags = src.tags()
         tags = {
             "MODEL": mid,

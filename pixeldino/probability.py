@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioIOError
 
 from pixeldino.errors import ConfigError, InputError
+from pixeldino.rasters import open_raster, read_raster
 
 #: Probabilities are stored as ``round(p * PROBABILITY_SCALE)`` in uint8; :data:`NODATA_U8` is nodata.
 PROBABILITY_SCALE = 254
@@ -79,23 +78,20 @@ def read_probability(path: Path, window: Any = None) -> tuple[np.ndarray, dict[s
     """
     if not path.exists():
         raise InputError(f"{path}: probability raster not found; run `pixeldino predict` first")
-    try:
-        with rasterio.open(path) as src:
-            info = {
-                "transform": src.window_transform(window) if window is not None else src.transform,
-                "crs": src.crs,
-                "nodata": src.nodata,
-                "scale": src.scales[0] if src.scales else 1.0,
-                "offset": src.offsets[0] if src.offsets else 0.0,
-                "tags": src.tags(),
-                "shape": (src.height, src.width),
-            }
-            check_probability_raster(src, path)
-            values = src.read(1, window=window)
-            info["shape"] = values.shape
-            return values, info
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read the probability raster ({exc}); re-run prediction") from exc
+    with open_raster(path, "the probability raster", "re-run prediction") as src:
+        info = {
+            "transform": src.window_transform(window) if window is not None else src.transform,
+            "crs": src.crs,
+            "nodata": src.nodata,
+            "scale": src.scales[0] if src.scales else 1.0,
+            "offset": src.offsets[0] if src.offsets else 0.0,
+            "tags": src.tags(),
+            "shape": (src.height, src.width),
+        }
+        check_probability_raster(src, path)
+        values = read_raster(src, 1, window=window)
+        info["shape"] = values.shape
+        return values, info
 
 
 def to_probability(values: np.ndarray, info: dict[str, Any]) -> np.ndarray:

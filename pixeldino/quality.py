@@ -271,21 +271,13 @@ def open_quality_mask(
     Raises:
         InputError: the mask is missing, unreadable or on another grid.
     """
-    import rasterio
-    import rasterio.errors
-
     from pixeldino.errors import InputError
+    from pixeldino.rasters import open_raster
 
     mask = Path(path)
     if not mask.exists():
         raise InputError(f"{mask}: quality mask not found; fetch the scene again or give the mask fetched with it")
-    try:
-        ds = rasterio.open(mask)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(
-            f"{mask}: cannot read the quality mask ({exc}); the file is corrupt: fetch the scene again"
-        ) from None
-    with ds:
+    with open_raster(mask, "the quality mask", "fetch the scene again") as ds:
         mask_grid = Grid.of(ds)
         if not grid.matches(mask_grid):
             raise InputError(
@@ -327,22 +319,21 @@ def permanent_water_grid(
     Raises:
         InputError: the file is missing or is neither a readable vector nor raster layer.
     """
-    import rasterio
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioIOError
     from rasterio.vrt import WarpedVRT
 
     from pixeldino.errors import InputError
+    from pixeldino.rasters import open_raster, read_raster
 
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: permanent-water layer not found; fix quality.permanent_water.file")
     raster = p.suffix.lower() in (".tif", ".tiff", ".vrt", ".img", ".jp2") or p.suffix.lower() == ".nc"
     if raster:
+        fix = "give a readable, georeferenced GeoTIFF"
         try:
-            with rasterio.open(p) as src:
-                if src.crs is None:
-                    raise InputError(f"{p}: permanent-water raster has no CRS; georeference it")
+            with open_raster(p, "the permanent-water raster", fix) as src:
                 with WarpedVRT(
                     src,
                     crs=crs,
@@ -352,7 +343,7 @@ def permanent_water_grid(
                     resampling=Resampling.nearest,
                     nodata=src.nodata,
                 ) as vrt:
-                    values = vrt.read(1, masked=True)
+                    values = np.ma.asarray(read_raster(vrt, 1, masked=True, what="the permanent-water raster", fix=fix))
         except RasterioIOError as exc:
             raise InputError(f"{p}: cannot read the permanent-water raster ({exc}); give a GeoTIFF") from None
         return np.asarray(values.filled(0) >= min_occurrence)

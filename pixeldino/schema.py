@@ -30,6 +30,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "stac": ("pixeldino.providers", "StacParams"),
     "search": ("pixeldino.search", "SearchParams"),
     "fetch": ("pixeldino.fetch", "FetchParams"),
+    "aux": ("pixeldino.auxlayers", "AuxParams"),
     "chips": ("pixeldino.chip", "ChipParams"),
     "train": ("pixeldino.train", "TrainConfig"),
     "predict": ("pixeldino.predict", "PredictParams"),

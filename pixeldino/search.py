@@ -113,7 +113,10 @@ class SearchParams:
             self.aoi = os.fspath(self.aoi)  # a Path from Python callers; configs hold strings
         elif self.aoi is not None and not isinstance(self.aoi, str):
             self.aoi = [float(v) for v in self.aoi]
-        self.tiles = [normalise_tile(t) for t in self.tiles]
+        try:
+            self.tiles = [normalise_tile(t) for t in self.tiles]
+        except ConfigError as exc:
+            raise ConfigError(f"search.tiles (--tiles): {exc}") from None
         if self.datetime is not None and self.years:
             raise ConfigError(
                 f"search.datetime ({self.datetime}) and search.years ({self.years}) are both set; give one of them "

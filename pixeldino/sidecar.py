@@ -1,15 +1,23 @@
-"""The JSON sidecar of a fetched scene: its provenance, and the request that tells a finished output from a stale one.
+"""The JSON sidecar of a fetched scene: its provenance, and the completion record that lets a rerun trust it.
 
-The sidecar ``<scene>.json`` is written last, after the COG and its quality mask, so its presence marks a finished
-scene. It records where the bands came from, how they were resampled and harmonised, the grid, the pixel
-statistics and whether the scene is ``skipped`` (no valid or no clear pixel); it never holds credentials or signed
-URLs. The request fields (:func:`request_signature`) let a resumed fetch reuse an output only when it was fetched
-with the same bands, AOI cut, resolution, offset and mask (:func:`is_finished`).
+The sidecar ``<scene>.json`` is written last, after the COG and its quality mask. It records where the bands came
+from, how they were resampled and harmonised, the grid, the pixel statistics and whether the scene is ``skipped``
+(no valid or no clear pixel); it never holds credentials or signed URLs.
+
+Completion record. Its ``completed`` field says what the scene was made from (the request, :func:`request_signature`:
+bands, AOI cut, resolution, offset, mask, and the asset hrefs of the manifest) and what was written (the SHA-256 and
+size of the COG and of its mask). A rerun skips a scene only when that record matches the request *and* the files
+on disk still have those checksums (:func:`is_finished`): a scene left by an earlier faulty run, or truncated or
+modified afterwards, is fetched again. A sidecar without the record (written by pixeldino before it existed) does
+not count as finished either.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,22 +33,69 @@ from pixeldino.io import read_json
 from pixeldino.loader import RESAMPLING
 from pixeldino.providers import Provider
 
+log = logging.getLogger(__name__)
+#: The version of the completion record; a record of another version does not count as finished.
+COMPLETION_VERSION = 1
+_HASH_BLOCK = 1 << 20
+
 
 def request_signature(
-    bands: list[str], aoi_bbox: list[float] | None, resolution: float, offset: int, want_mask: bool
+    bands: list[str],
+    aoi_bbox: list[float] | None,
+    resolution: float,
+    offset: int,
+    want_mask: bool,
+    sources: Mapping[str, str] | None = None,
+    aux: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a finished output must have been fetched with to be reused (compared with its sidecar)."""
+    """What a finished output must have been fetched with to be reused (compared with its completion record).
+
+    Args:
+        bands: the bands, in output order.
+        aoi_bbox: the AOI cut (EPSG:4326 bounds), None for none.
+        resolution: the pixel size.
+        offset: the harmonisation offset applied.
+        want_mask: whether a quality mask was requested.
+        sources: the asset hrefs read, by band (and ``SCL`` for the mask), as the manifest gives them (unsigned).
+        aux: the auxiliary layers' settings (:func:`pixeldino.auxlayers.aux_request`); None (no layers) leaves the
+            key out, so scenes fetched without layers keep their records.
+    """
     return {
         "bands": bands,
         "aoi_bbox": aoi_bbox,
         "resolution": resolution,
         "offset_applied": offset,
         "mask_requested": want_mask,
+        "sources": dict(sources or {}),
+        **({"aux": dict(aux)} if aux else {}),
+    }
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def completion_record(signature: Mapping[str, Any], files: list[Path]) -> dict[str, Any]:
+    """The ``completed`` field of a sidecar: the request and the checksum and size of each file written."""
+    return {
+        "version": COMPLETION_VERSION,
+        "request": dict(signature),
+        "files": {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files},
     }
 
 
 def is_finished(out: Path, scene_id: str, signature: Mapping[str, Any]) -> bool:
-    """True when ``out`` and its sidecar exist, belong to ``scene_id`` and match the requested settings."""
+    """True when ``out`` was completed for ``scene_id`` with this request and its files are unchanged since.
+
+    Checks the sidecar's completion record (module docs): the same request and sources, and every file it lists
+    (the COG and, when written, the mask) present with the recorded size and SHA-256. Anything else (no sidecar,
+    an unreadable one, one without the record, a changed or missing file) means: fetch again.
+    """
     sidecar = out.with_suffix(".json")
     if not (out.exists() and sidecar.exists()):
         return False
@@ -48,12 +103,26 @@ def is_finished(out: Path, scene_id: str, signature: Mapping[str, Any]) -> bool:
         meta = read_json(sidecar)
     except InputError:
         return False
-    if meta.get("scene_id") != scene_id:
+    record = meta.get("completed") if isinstance(meta, dict) else None
+    if meta.get("scene_id") != scene_id or not isinstance(record, dict):
         return False
-    if any(meta.get(k) != v for k, v in signature.items()):
+    if record.get("version") != COMPLETION_VERSION or record.get("request") != dict(signature):
+        return False
+    files = record.get("files")
+    if not isinstance(files, dict) or out.name not in files:
         return False
     mask = meta.get("quality_mask")
-    return not mask or (out.parent / mask).exists()
+    if mask and mask not in files:
+        return False
+    for name, expected in files.items():
+        path = out.parent / name
+        if not isinstance(expected, dict) or not path.is_file() or path.stat().st_size != expected.get("bytes"):
+            log.info("%s: %s is missing or changed since it was written; fetching again", out, name)
+            return False
+        if file_sha256(path) != expected.get("sha256"):
+            log.info("%s: %s was modified since it was written (checksum differs); fetching again", out, name)
+            return False
+    return True
 
 
 def scene_sidecar(
@@ -72,8 +141,13 @@ def scene_sidecar(
     mask_out: Path,
     stats: Mapping[str, Any],
     signature: Mapping[str, Any],
+    written: list[Path],
 ) -> dict[str, Any]:
-    """The provenance record written next to the scene (STAC-like; never holds credentials or signed URLs)."""
+    """The provenance record written next to the scene (STAC-like; never holds credentials or signed URLs).
+
+    ``written`` are the files of the scene (the COG and, when written, its mask), complete and in place: their
+    checksums go into the completion record (module docs).
+    """
     if stats["valid_fraction"] == 0:
         skip_reason: str | None = "no valid pixel (all nodata)"
     elif mask_href and stats.get("clear_fraction", 1.0) == 0:
@@ -122,6 +196,7 @@ def scene_sidecar(
         "loader": loader_version(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "pixeldino_version": __version__,
+        "completed": completion_record(signature, written),
     }
 
 

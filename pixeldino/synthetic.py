@@ -11,15 +11,15 @@ outlines from the shipped inventories (``resources/rts_labels``, see its README)
 * slumps look like slumps: bare, brighter and greyer soil than the tundra, a shaded (or sunlit) headwall band on
   the upslope rim, mud-flow streaks along the downslope direction and fine internal texture, blended into the
   surroundings over about a pixel;
-* each region has its own look (:class:`RegionStyle`): vegetation colour and vigour, texture scale, relief and
-  sun azimuth, illumination gain and haze, lakes, snow patches, bare non-RTS patches (frost boils, gravel: the
-  hard negatives), and its own slump appearance (soil colour, contrast against the tundra, i.e. revegetation,
-  headwall strength, slump density).
+* each region has its own look (:class:`pixeldino.synthetic_regions.RegionStyle`: vegetation, texture, relief,
+  illumination, lakes, snow, hard negatives, slump appearance); the two held-out regions (Herschel, Lena; as in
+  the PixelDINO paper) differ from the four labelled ones, so a model trained on the labelled regions meets a
+  genuine domain shift there.
 
-The two held-out regions (Herschel, Lena; as in the PixelDINO paper) differ from the four labelled ones in
-illumination, vegetation colour, texture scale and slump appearance, so a model trained on the labelled regions
-meets a genuine domain shift there. Everything is drawn from ``numpy.random.default_rng`` seeded by
-``(seed, region)``: the same call gives the same scene, bit for bit.
+Everything is drawn from ``numpy.random.default_rng`` seeded by ``(seed, region)``: the same call gives the same
+scene, bit for bit. Every scene also has a DEM (``SyntheticScene.dem``, written by :func:`write_dem`), made by
+:mod:`pixeldino.synthetic_terrain` from a random stream of its own, so the images are exactly what they were
+before the DEM existed.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from scipy import ndimage
 from shapely import affinity
 
 from pixeldino.labels import clean_polygons
+from pixeldino.synthetic_regions import REGIONS, RegionStyle
+from pixeldino.synthetic_terrain import scene_terrain
 
 #: Band order of synthetic scenes (the bands the two real demo chips share).
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08")
@@ -47,8 +49,6 @@ PIXEL_SIZE = 10.0
 #: Synthetic scenes are placed in UTM 8N (Peel Plateau); only the metric grid matters.
 CRS = "EPSG:32608"
 ORIGIN = (500_000.0, 7_600_000.0)
-LABELLED_REGIONS: tuple[str, ...] = ("Banks_Island", "Horton", "Tuktoyaktuk", "Kolguev")
-HELD_OUT_REGIONS: tuple[str, ...] = ("Herschel", "Lena")
 DEFAULT_LABELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "rts_labels"
 
 # Typical top-of-atmosphere reflectance x 10000 in B02, B03, B04, B05, B06, B07, B08.
@@ -57,182 +57,6 @@ _WET_TUNDRA = np.array([650, 620, 470, 900, 2200, 2650, 2850], dtype=np.float64)
 _WATER = np.array([700, 560, 360, 300, 240, 220, 190], dtype=np.float64)
 _SNOW = np.array([7800, 7600, 7400, 7200, 6900, 6700, 6500], dtype=np.float64)
 _BARE = np.array([1050, 1150, 1250, 1450, 1700, 1800, 1900], dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class RegionStyle:
-    """How a region looks. Spectral factors multiply the generic spectra band by band.
-
-    Attributes:
-        name: region name (as in the ``region`` field of Nitze et al. 2021).
-        veg_tint: per-band factor on the tundra spectra (vegetation colour and vigour).
-        wet_share: mean share of wet (sedge) tundra against dry (shrub) tundra.
-        texture_sigma: spatial scale of the land-cover texture, in pixels.
-        texture_amp: relative amplitude of the fine texture.
-        relief_sigma: spatial scale of the terrain, in pixels; relief_amp: hillshade strength.
-        sun_azimuth: azimuth of the sun in degrees (shading of relief and headwalls).
-        gain: overall illumination factor; haze: additive path radiance per band (DN).
-        lake_fraction: share of the scene under lakes; lake_sigma: their spatial scale (pixels).
-        snow_fraction: share under late-lying snow patches.
-        bare_fraction: share under bare non-RTS patches (frost boils, gravel bars): the hard negatives.
-        rts_per_km2: slump density.
-        rts_tint: per-band factor on the bare-soil spectrum of slump floors.
-        rts_contrast: how far a slump floor departs from the tundra (1 = fully bare, lower = revegetated).
-        rts_texture: relative amplitude of texture and mud-flow streaks inside slumps.
-        headwall: strength of the headwall shading (0 = none).
-        noise: sensor noise, DN standard deviation.
-        band_gain: per-band factor on the whole scene: sensor calibration and atmospheric transmittance, which
-            change bands unequally (a single gain cannot imitate it).
-        phenology: greenness of the season (1 = peak summer; lower = early or late season: redder in B04, less
-            red-edge and NIR rise).
-        water_tint: per-band factor on the water spectrum (turbid, sediment-laden water is brighter in the visible).
-    """
-
-    name: str
-    veg_tint: tuple[float, ...] = (1.0,) * 7
-    wet_share: float = 0.5
-    texture_sigma: float = 6.0
-    texture_amp: float = 0.08
-    relief_sigma: float = 20.0
-    relief_amp: float = 0.15
-    sun_azimuth: float = 160.0
-    gain: float = 1.0
-    haze: tuple[float, ...] = (0.0,) * 7
-    lake_fraction: float = 0.05
-    lake_sigma: float = 10.0
-    snow_fraction: float = 0.0
-    bare_fraction: float = 0.01
-    rts_per_km2: float = 0.6
-    rts_tint: tuple[float, ...] = (1.0,) * 7
-    rts_contrast: float = 0.9
-    rts_texture: float = 0.12
-    headwall: float = 0.35
-    noise: float = 25.0
-    band_gain: tuple[float, ...] = (1.0,) * 7
-    phenology: float = 1.0
-    water_tint: tuple[float, ...] = (1.0,) * 7
-
-
-REGIONS: dict[str, RegionStyle] = {
-    # --- labelled (training) regions ----------------------------------------------------------------------
-    "Banks_Island": RegionStyle(
-        "Banks_Island",
-        veg_tint=(1.12, 1.1, 1.15, 1.05, 0.85, 0.8, 0.78),
-        wet_share=0.3,
-        texture_sigma=8.0,
-        texture_amp=0.07,
-        relief_amp=0.2,
-        sun_azimuth=170,
-        gain=1.05,
-        lake_fraction=0.03,
-        snow_fraction=0.01,
-        bare_fraction=0.02,
-        rts_per_km2=0.7,
-        rts_tint=(1.05, 1.05, 1.05, 1.0, 1.0, 1.0, 1.0),
-        rts_contrast=0.95,
-        band_gain=(1.01, 1.0, 1.0, 1.0, 0.99, 0.99, 0.98),
-        phenology=0.95,
-    ),
-    "Horton": RegionStyle(
-        "Horton",
-        veg_tint=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
-        wet_share=0.45,
-        texture_sigma=6.0,
-        relief_amp=0.18,
-        sun_azimuth=150,
-        gain=1.0,
-        lake_fraction=0.06,
-        bare_fraction=0.015,
-        rts_per_km2=0.8,
-        rts_contrast=0.9,
-        water_tint=(1.1, 1.1, 1.15, 1.1, 1.0, 1.0, 1.0),
-    ),
-    "Tuktoyaktuk": RegionStyle(
-        "Tuktoyaktuk",
-        veg_tint=(0.95, 0.98, 0.92, 1.0, 1.08, 1.1, 1.1),
-        wet_share=0.65,
-        texture_sigma=5.0,
-        relief_amp=0.1,
-        sun_azimuth=185,
-        gain=0.97,
-        lake_fraction=0.16,
-        lake_sigma=8.0,
-        bare_fraction=0.01,
-        rts_per_km2=1.2,
-        rts_tint=(1.0, 1.02, 1.05, 1.05, 1.0, 1.0, 1.0),
-        rts_contrast=0.85,
-        band_gain=(0.99, 1.0, 1.0, 1.01, 1.01, 1.0, 1.0),
-        phenology=1.0,
-        water_tint=(1.2, 1.25, 1.3, 1.2, 1.0, 1.0, 1.0),
-    ),
-    "Kolguev": RegionStyle(
-        "Kolguev",
-        veg_tint=(1.05, 1.05, 1.08, 1.05, 0.95, 0.92, 0.92),
-        wet_share=0.4,
-        texture_sigma=7.0,
-        relief_amp=0.16,
-        sun_azimuth=140,
-        gain=1.02,
-        haze=(40, 25, 10, 0, 0, 0, 0),
-        lake_fraction=0.04,
-        bare_fraction=0.03,
-        rts_per_km2=0.6,
-        rts_tint=(1.1, 1.08, 1.02, 1.0, 0.98, 0.98, 0.98),
-        rts_contrast=0.95,
-        band_gain=(1.02, 1.01, 1.0, 1.0, 1.0, 0.99, 0.99),
-        phenology=0.9,
-    ),
-    # --- held-out (target) regions: other illumination, vegetation, texture and slump appearance ------------
-    "Herschel": RegionStyle(
-        # lush coastal tundra under a low, dim sun from the east; slumps partly revegetated and greener
-        "Herschel",
-        veg_tint=(0.85, 0.95, 0.8, 0.95, 1.2, 1.25, 1.28),
-        wet_share=0.55,
-        texture_sigma=3.5,
-        texture_amp=0.12,
-        relief_amp=0.3,
-        sun_azimuth=95,
-        gain=0.78,
-        haze=(150, 100, 60, 30, 10, 0, 0),
-        lake_fraction=0.03,
-        snow_fraction=0.04,
-        bare_fraction=0.02,
-        rts_per_km2=1.0,
-        rts_tint=(0.9, 1.0, 0.95, 1.05, 1.15, 1.2, 1.2),
-        rts_contrast=0.7,
-        rts_texture=0.18,
-        headwall=0.5,
-        # another sensor/atmosphere: visible bands darker, NIR brighter; turbid coastal lagoons
-        band_gain=(0.95, 0.96, 0.98, 1.0, 1.02, 1.04, 1.05),
-        phenology=1.0,
-        water_tint=(1.4, 1.5, 1.7, 1.6, 1.3, 1.2, 1.1),
-    ),
-    "Lena": RegionStyle(
-        # brown, fine-grained polygonal tundra with many lakes, hazy bright sun; darker, browner slump floors
-        "Lena",
-        veg_tint=(1.2, 1.12, 1.25, 1.1, 0.9, 0.85, 0.82),
-        wet_share=0.35,
-        texture_sigma=2.5,
-        texture_amp=0.14,
-        relief_amp=0.12,
-        sun_azimuth=210,
-        gain=1.2,
-        haze=(250, 180, 120, 60, 30, 20, 10),
-        lake_fraction=0.2,
-        lake_sigma=6.0,
-        snow_fraction=0.0,
-        bare_fraction=0.04,
-        rts_per_km2=1.0,
-        rts_tint=(0.9, 0.88, 0.95, 0.95, 0.92, 0.9, 0.9),
-        rts_contrast=0.8,
-        rts_texture=0.16,
-        headwall=0.3,
-        # late season (senescent tundra), the opposite band tilt, dark clear thermokarst lakes
-        band_gain=(1.05, 1.04, 1.02, 1.0, 0.98, 0.96, 0.95),
-        phenology=0.85,
-        water_tint=(0.8, 0.8, 0.75, 0.8, 0.9, 0.9, 0.9),
-    ),
-}
 
 
 @dataclass
@@ -244,17 +68,26 @@ class PastedSlump:
         polygon: the placed (rotated, translated) outline in the scene CRS.
         n_pixels: pixels whose centre lies inside ``polygon`` (by itself, before other slumps are added).
         area_m2: area of the real outline (rotation and translation keep it).
+        downslope_deg: the direction the slump opens to (its headwall is on the opposite rim), degrees
+            counter-clockwise from east.
+        in_dem: carved into the scene's DEM (see ``RegionStyle.dem_slump_share``).
     """
 
     source: tuple[str, int]
     polygon: shapely.Geometry
     n_pixels: int
     area_m2: float
+    downslope_deg: float = 0.0
+    in_dem: bool = True
 
 
 @dataclass
 class SyntheticScene:
-    """A generated scene: ``image`` (C, H, W) uint16 DN, ``mask`` (H, W) uint8 (1 = RTS, 0 = background)."""
+    """A generated scene: ``image`` (C, H, W) uint16 DN, ``mask`` (H, W) uint8 (1 = RTS, 0 = background).
+
+    ``dem`` is its elevation model as a DEM product shows it (float32 metres at ``dem_transform``, 30 m pixels
+    covering the scene), ``elevation`` the terrain it was made from, on the scene's 10 m grid.
+    """
 
     region: str
     seed: int
@@ -264,6 +97,9 @@ class SyntheticScene:
     crs: str = CRS
     bands: tuple[str, ...] = BANDS
     slumps: list[PastedSlump] = field(default_factory=list)
+    dem: np.ndarray | None = None
+    dem_transform: Affine | None = None
+    elevation: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -280,6 +116,7 @@ class Outline:
 
     @property
     def area(self) -> float:
+        """Area of the outline, m²."""
         return float(self.geometry.area)
 
 
@@ -296,6 +133,7 @@ def _centred_metric(gdf: gpd.GeoDataFrame, file: str) -> list[Outline]:
 
 @functools.lru_cache(maxsize=4)
 def _outlines_cached(labels_dir: str) -> dict[str, tuple[Outline, ...]]:
+    """The outline pools of :func:`load_outlines`, read once per labels folder."""
     base = Path(labels_dir)
     pools: dict[str, list[Outline]] = {}
     nitze_file = "nitze2021_rts_training_labels.gpkg"
@@ -333,8 +171,10 @@ def load_outlines(labels_dir: str | os.PathLike[str] | None = None) -> dict[str,
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _region_rng(region: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), zlib.crc32(region.encode())])
+def _region_rng(region: str, seed: int, stream: int = 0) -> np.random.Generator:
+    """The random stream of ``(region, seed)``; stream 0 makes the image, stream 1 the terrain."""
+    key = [int(seed), zlib.crc32(region.encode())]
+    return np.random.default_rng(key if stream == 0 else [*key, int(stream)])
 
 
 def _field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -385,8 +225,9 @@ def _background(rng: np.random.Generator, style: RegionStyle, shape: tuple[int, 
 
 def _paste_slump(
     img: np.ndarray, mask_one: np.ndarray, rng: np.random.Generator, style: RegionStyle, background: np.ndarray
-) -> None:
-    """Give the pixels of one slump (``mask_one``) a slump's look, in place."""
+) -> float:
+    """Give the pixels of one slump (``mask_one``) a slump's look, in place; returns its downslope direction
+    (radians counter-clockwise from east: ``PastedSlump.downslope_deg``, which the terrain carves along)."""
     rows, cols = np.nonzero(mask_one)
     r0, r1 = max(rows.min() - 3, 0), min(rows.max() + 4, img.shape[1])
     c0, c1 = max(cols.min() - 3, 0), min(cols.max() + 4, img.shape[2])
@@ -413,6 +254,7 @@ def _paste_slump(
     alpha = style.rts_contrast * np.clip(depth / 1.5, 0.35, 1.0) * m
     bg = background[:, r0:r1, c0:c1]
     img[:, r0:r1, c0:c1] = np.where(m[None], ((1 - alpha) * bg + alpha * soil) * shade[None], img[:, r0:r1, c0:c1])
+    return float(theta)
 
 
 def generate_scene(
@@ -427,7 +269,7 @@ def generate_scene(
     """Generate one ``size`` x ``size`` px scene of ``region`` with real RTS outlines pasted in.
 
     Args:
-        region: a key of :data:`REGIONS`.
+        region: a key of :data:`pixeldino.synthetic_regions.REGIONS`.
         seed: the scene's seed; ``(region, seed)`` fixes the scene completely.
         size: edge in pixels (10 m each).
         labels_dir: the RTS inventories (default: the shipped ``resources/rts_labels``).
@@ -469,9 +311,9 @@ def generate_scene(
         one = rasterize([(placed, 1)], out_shape=shape, transform=transform, fill=0, dtype="uint8").astype(bool)
         if not one.any() or (mask.astype(bool) & one).any():
             continue  # smaller than a pixel, or overlapping a slump already pasted
-        _paste_slump(img, one, rng, style, background)
+        theta = _paste_slump(img, one, rng, style, background)
         mask[one] = 1
-        slumps.append(PastedSlump(outline.source, placed, int(one.sum()), outline.area))
+        slumps.append(PastedSlump(outline.source, placed, int(one.sum()), outline.area, float(np.degrees(theta))))
 
     # illumination: terrain shading, regional gain, haze, sensor noise
     relief = _field(rng, shape, style.relief_sigma) * style.relief_sigma * 0.6
@@ -482,7 +324,11 @@ def generate_scene(
     img = img * np.asarray(style.band_gain, dtype=np.float64)[:, None, None]
     img = img + rng.normal(0.0, style.noise, img.shape)
     image = np.clip(np.rint(img), 1, 65535).astype(np.uint16)  # 0 is nodata
-    return SyntheticScene(region, int(seed), image, mask, transform, slumps=slumps)
+    # the terrain draws from a stream of its own: the image is the same with or without it
+    terrain_rng = _region_rng(region, seed, stream=1)
+    elevation, dem, dem_transform = scene_terrain(terrain_rng, style, relief, lakes, mask, slumps, transform)
+    return SyntheticScene(region, int(seed), image, mask, transform, slumps=slumps, dem=dem,
+                          dem_transform=dem_transform, elevation=elevation)  # fmt: skip
 
 
 def write_scene(scene: SyntheticScene, path: str | os.PathLike[str]) -> Path:
@@ -503,6 +349,22 @@ def write_scene(scene: SyntheticScene, path: str | os.PathLike[str]) -> Path:
         dst.write(scene.image)
         for i, band in enumerate(scene.bands, start=1):
             dst.set_band_description(i, band)
+    return p
+
+
+def write_dem(scene: SyntheticScene, path: str | os.PathLike[str]) -> Path:
+    """Write the scene's DEM (30 m, float32 metres, nodata -9999) as a GeoTIFF: the input of ``aux.dem: file``."""
+    import rasterio
+
+    if scene.dem is None or scene.dem_transform is None:
+        raise ValueError(f"scene {scene.region}/{scene.seed} has no DEM")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    h, w = scene.dem.shape
+    with rasterio.open(p, "w", driver="GTiff", width=w, height=h, count=1, dtype="float32", crs=scene.crs,
+                       transform=scene.dem_transform, nodata=-9999.0) as dst:  # fmt: skip
+        dst.write(scene.dem, 1)
+        dst.set_band_description(1, "elevation")
     return p
 
 

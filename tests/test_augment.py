@@ -187,3 +187,20 @@ def test_same_seed_gives_identical_output(fn: str) -> None:
     a, b, c = run(42), run(42), run(43)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_auxiliary_layers_are_warped_but_not_recoloured() -> None:
+    """With n_photometric, the reflectance bands get exactly the colour changes of a reflectance-only batch and the
+    auxiliary layers after them (slope...) keep their values under an identity warp."""
+    from pixeldino.augment import StrongAugmentConfig, strong_augment
+
+    still = StrongAugmentConfig(max_rotation_deg=0.0, zoom_range=(1.0, 1.0), elastic_strength=0.0, blur_p=0.0)
+    g = torch.Generator().manual_seed(3)
+    spectral = torch.rand((2, 3, 16, 16), generator=g)
+    aux = torch.rand((2, 1, 16, 16), generator=g)
+    both = strong_augment(torch.cat([spectral, aux], 1), None, torch.Generator().manual_seed(7), still,
+                          value_range=(0.0, 1.0), n_photometric=3)  # fmt: skip
+    alone = strong_augment(spectral, None, torch.Generator().manual_seed(7), still, value_range=(0.0, 1.0))
+    assert torch.allclose(both.image[:, :3], alone.image, atol=1e-6)
+    assert not torch.allclose(alone.image, spectral, atol=1e-3)  # the colours did change
+    assert torch.allclose(both.image[:, 3:], aux, atol=1e-5)

@@ -9,8 +9,8 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
-import rasterio
 from affine import Affine
+from rasterfiles import write_geotiff, write_probability_raster
 from rasterio.features import rasterize
 from scipy import ndimage
 from shapely import affinity
@@ -69,22 +69,11 @@ def write_year(tmp: Path, year: int) -> tuple[Path, Path]:
     moved = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(_texture()), (dy, dx))).real
     # slow radiometric change between summers: phase correlation must not care
     moved = moved * (1 + 0.05 * (year - 2019)) + 40 * np.random.default_rng(year).normal(size=moved.shape)
-    scene = tmp / f"{scene_id}.tif"
-    profile = dict(
-        TILED_GTIFF_PROFILE,
-        width=SIZE,
-        height=SIZE,
-        count=1,
-        dtype="uint16",
-        nodata=0,
-        crs="EPSG:32608",
-        transform=GRID,
-        blockxsize=256,
-        blockysize=256,
-    )
-    with rasterio.open(scene, "w", **profile) as dst:
-        dst.write(np.clip(moved, 1, 65535).astype(np.uint16), 1)
-        dst.set_band_description(1, "B08")
+    blocks = {"blockxsize": 256, "blockysize": 256}
+    scene = write_geotiff(
+        tmp / f"{scene_id}.tif", np.clip(moved, 1, 65535).astype(np.uint16), transform=GRID, nodata=0,
+        descriptions=["B08"], **{**TILED_GTIFF_PROFILE, **blocks},
+    )  # fmt: skip
     when = f"{year}-07-15T20:00:00Z"
     scene.with_suffix(".json").write_text(
         json.dumps(
@@ -94,11 +83,8 @@ def write_year(tmp: Path, year: int) -> tuple[Path, Path]:
     # the detections sit where the misregistered image shows them
     geoms = [affinity.translate(g, dx * RES, -dy * RES) for g in slumps(year).values()]
     dn = rasterize([(g, 230) for g in geoms], out_shape=(SIZE, SIZE), transform=GRID, fill=0, dtype="uint8")
-    prob = tmp / f"{scene_id}_prob.tif"
-    with rasterio.open(prob, "w", **dict(profile, dtype="uint8", nodata=255)) as dst:
-        dst.write(dn, 1)
-        dst.scales = (1 / 254,)
-        dst.update_tags(SCENE_ID=scene_id, TILE="08WMA", DATETIME=when, THRESHOLD="0.5", MODEL="synthetic")
+    tags = {"SCENE_ID": scene_id, "TILE": "08WMA", "DATETIME": when, "THRESHOLD": "0.5", "MODEL": "synthetic"}
+    prob = write_probability_raster(tmp / f"{scene_id}_prob.tif", dn, transform=GRID, tags=tags, **blocks)
     polygons = tmp / f"{scene_id}.gpkg"
     run_polygonize(PolygonizeParams(min_area_m2=0), prob, polygons)
     return scene, polygons
@@ -252,3 +238,35 @@ def test_tracking_links_a_slump_missed_for_one_year() -> None:
     assert (t.first_year, t.last_year, t.n_years, t.status) == (2019, 2023, 2, "growing")
     assert t.growth_m2_per_yr == pytest.approx(3000 / 4)
     assert len(links) == 1 and links.iloc[0].from_year == 2019 and links.iloc[0].to_year == 2023
+
+
+def test_one_year_only_is_refused(multi_year, tmp_path) -> None:
+    polygons = list(multi_year["polygons"])
+    out = tmp_path / "c.gpkg"
+    with pytest.raises(InputError, match=r"change needs at least two years but 2 polygon file\(s\) .* give only 2019"):
+        run_change(ChangeParams(), MergeParams(), [polygons[0], polygons[0]], out)
+    with pytest.raises(InputError, match=r"the years asked for \(--years, search.years\) give only 2021"):
+        run_change(ChangeParams(), MergeParams(), polygons, out, years=[2021])
+    assert not out.exists()
+
+
+def test_broken_coregistration_records_are_refused(multi_year, tmp_path) -> None:
+    with pytest.raises(
+        InputError, match=r"nowhere\.json: co-registration sidecar not found; run `pixeldino coregister`"
+    ):
+        scene_corrections([tmp_path / "nowhere.json"])
+    record = json.loads((multi_year["tmp"] / "coregistration" / "08WMA.json").read_text())
+    scene = next(iter(record["scenes"]))
+    del record["scenes"][scene]["correction_m"]
+    (tmp_path / "cut.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=rf"cut\.json: scene {scene} lacks its shift \(dx_px, dy_px, correction_m\)"):
+        scene_corrections([tmp_path / "cut.json"])
+    (tmp_path / "other.json").write_text(json.dumps({"type": "FeatureCollection"}))
+    with pytest.raises(InputError, match=r"other\.json: not a co-registration record \(no 'scenes'\)"):
+        scene_corrections([tmp_path / "other.json"])
+
+
+def test_every_scene_must_carry_the_coregistration_band(multi_year, tmp_path) -> None:
+    with pytest.raises(InputError, match=r"T08WMA\.tif: lacks band\(s\) B11 \(it has B08\); choose another"):
+        coregister_tile(list(multi_year["scenes"])[:1], tmp_path / "c.json", band="B11")
+    assert not (tmp_path / "c.json").exists()

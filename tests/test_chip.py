@@ -9,7 +9,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import zarr
 from affine import Affine
+from rasterfiles import write_geotiff
 from shapely.geometry import box
 
 from pixeldino.chip import ChipParams, run_chip
@@ -43,25 +45,10 @@ def scene_setup(tmp_path: Path) -> dict:
     rng = np.random.default_rng(42)
     data = rng.integers(100, 5000, (3, H, W), dtype=np.uint16)
     data[:, 100:, 100:] = 0  # nodata corner
-    scene = tmp_path / "scene.tif"
-    with rasterio.open(
-        scene,
-        "w",
-        driver="GTiff",
-        width=W,
-        height=H,
-        count=3,
-        dtype="uint16",
-        crs=CRS,
-        transform=TRANSFORM,
-        nodata=0,
-        tiled=True,
-        blockxsize=64,
-        blockysize=64,
-    ) as dst:
-        dst.write(data)
-        for i, b in enumerate(BANDS, start=1):
-            dst.set_band_description(i, b)
+    scene = write_geotiff(
+        tmp_path / "scene.tif", data, transform=TRANSFORM, crs=CRS, nodata=0, descriptions=BANDS,
+        tiled=True, blockxsize=64, blockysize=64,
+    )  # fmt: skip
     rts = [_box_px(10, 10, 20, 20), _box_px(60, 70, 70, 85), _box_px(100, 40, 110, 52), _box_px(40, 5, 50, 25)]
     labels = tmp_path / "labels.gpkg"
     gpd.GeoDataFrame({"id": range(len(rts))}, geometry=rts, crs=CRS).to_file(labels, layer="rts")
@@ -165,22 +152,10 @@ def test_band_mismatch_names_scene_and_band(scene_setup: dict) -> None:
 
 
 def test_scene_in_another_utm_zone_is_not_labelled(scene_setup: dict, tmp_path: Path) -> None:
-    far = tmp_path / "far_scene.tif"
-    with rasterio.open(
-        far,
-        "w",
-        driver="GTiff",
-        width=64,
-        height=64,
-        count=3,
-        dtype="uint16",
-        crs="EPSG:32652",
-        transform=Affine(10.0, 0.0, 510_000.0, 0.0, -10.0, 7_976_000.0),
-        nodata=0,
-    ) as dst:
-        dst.write(np.full((3, 64, 64), 500, dtype=np.uint16))
-        for i, b in enumerate(BANDS, start=1):
-            dst.set_band_description(i, b)
+    far = write_geotiff(
+        tmp_path / "far_scene.tif", np.full((3, 64, 64), 500, dtype=np.uint16), crs="EPSG:32652",
+        transform=Affine(10.0, 0.0, 510_000.0, 0.0, -10.0, 7_976_000.0), nodata=0, descriptions=BANDS,
+    )  # fmt: skip
     stats = _make(scene_setup, scenes=[scene_setup["scene"], far], unlabelled_scenes=[far])
     assert stats["scenes"]["labelled"] == [str(scene_setup["scene"])]
     store = ChipStore(scene_setup["out"])
@@ -192,22 +167,19 @@ def test_scene_in_another_utm_zone_is_not_labelled(scene_setup: dict, tmp_path: 
 def test_store_errors(tmp_path: Path, scene_setup: dict) -> None:
     with pytest.raises(InputError, match="not found"):
         ChipStore(tmp_path / "nothing.zarr")
-    _make(scene_setup, labels=None, n_unlabelled=0)
+    # a store that lost its chips (written by hand here: run_chip refuses to write an empty one)
+    _make(scene_setup, labels=None, footprint=None, holdout=None, n_unlabelled=4)
+    zarr.open_group(str(scene_setup["out"]), mode="r+")["unlabelled/image"].resize((0, 3, SIZE, SIZE))
     with pytest.raises(InputError, match="holds no chips"):
         ChipStore(scene_setup["out"])
     far = tmp_path / "far.geojson"
     gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs=CRS).to_file(far)
-    with pytest.raises(InputError, match="overlaps the label footprint"):
+    with pytest.raises(InputError, match=r"none of the 1 scenes \(scene\.tif\) overlaps the label footprint"):
         _make(scene_setup, footprint=far)
 
 
 def _write_mask(scene: Path, mask: np.ndarray) -> Path:
-    path = scene.with_name(scene.stem + "_mask.tif")
-    with rasterio.open(
-        path, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint8", crs=CRS, transform=TRANSFORM
-    ) as dst:
-        dst.write(mask, 1)
-    return path
+    return write_geotiff(scene.with_name(scene.stem + "_mask.tif"), mask.astype(np.uint8), transform=TRANSFORM, crs=CRS)
 
 
 def test_quality_mask_ignores_flagged_pixels_and_skips_bad_unlabelled_windows(scene_setup: dict) -> None:
@@ -228,30 +200,14 @@ def test_quality_mask_ignores_flagged_pixels_and_skips_bad_unlabelled_windows(sc
 
 def test_mask_on_another_grid_is_an_error(scene_setup: dict) -> None:
     path = scene_setup["scene"].with_name("scene_mask.tif")
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=W // 2,
-        height=H // 2,
-        count=1,
-        dtype="uint8",
-        crs=CRS,
-        transform=Affine(20.0, 0.0, X0, 0.0, -20.0, Y0),
-    ) as dst:
-        dst.write(np.zeros((H // 2, W // 2), np.uint8), 1)
+    write_geotiff(path, np.zeros((H // 2, W // 2), np.uint8), transform=Affine(20.0, 0.0, X0, 0.0, -20.0, Y0), crs=CRS)
     with pytest.raises(InputError, match=r"quality mask grid \(.*64x64 px.*\) is not on the grid of .*scene\.tif"):
         _make(scene_setup)
 
 
 def test_skipped_scene_is_left_out(scene_setup: dict, tmp_path: Path) -> None:
     far = tmp_path / "cloudy.tif"
-    with rasterio.open(
-        far, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16", crs=CRS, transform=TRANSFORM, nodata=0
-    ) as dst:
-        dst.write(np.full((3, 64, 64), 700, dtype=np.uint16))
-        for i, b in enumerate(BANDS, start=1):
-            dst.set_band_description(i, b)
+    write_geotiff(far, np.full((3, 64, 64), 700, np.uint16), transform=TRANSFORM, crs=CRS, nodata=0, descriptions=BANDS)
     far.with_suffix(".json").write_text(json.dumps({"skipped": True, "quality_mask": None}))
     stats = _make(scene_setup, unlabelled_scenes=[scene_setup["scene"], far])
     assert stats["scenes"]["unlabelled"] == [str(scene_setup["scene"])]
@@ -282,3 +238,116 @@ def test_stats_go_where_asked(scene_setup: dict, tmp_path: Path) -> None:
     stats = _make(scene_setup, stats_out=tmp_path / "elsewhere" / "chip_stats.json")
     assert json.loads((tmp_path / "elsewhere" / "chip_stats.json").read_text())["counts"] == stats["counts"]
     assert not (scene_setup["out"].parent / "stats.json").exists()
+
+
+def test_summary_line_and_the_warning_without_hold_out(scene_setup: dict, caplog) -> None:
+    with caplog.at_level("INFO", logger="pixeldino.chip"):
+        stats = _make(scene_setup)
+    expected = (
+        "chip: 24 labelled chips (20 train, 50% with RTS; 4 val, 50% with RTS) and 10 unlabelled chips in "
+        f"{scene_setup['out']}"
+    )
+    assert stats["summary"] == expected and expected in caplog.text
+    assert "no hold-out" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pixeldino.chip"):
+        stats = _make(scene_setup, holdout=None)
+    assert stats["counts"]["val"] == 0 and stats["summary"].startswith("chip: 20 labelled chips (20 train")
+    assert "4 val" not in stats["summary"] and "0 val, none" in stats["summary"]
+    assert "no hold-out (labels.holdout, --holdout): no validation chips" in caplog.text
+
+
+def _vector(path: Path, geoms: list) -> Path:
+    import pyogrio
+
+    gdf = gpd.GeoDataFrame(geometry=gpd.GeoSeries(geoms, crs=CRS), crs=CRS)
+    pyogrio.write_dataframe(gdf, path, geometry_type=None if geoms else "Polygon")
+    return path
+
+
+def _refused(setup: dict, error: type[Exception], match: str, **overrides) -> None:
+    with pytest.raises(error, match=match) as err:
+        _make(setup, **overrides)
+    assert "\n" not in str(err.value)
+    out = setup["out"]
+    assert not out.exists() and not (out.parent / "stats.json").exists()
+    assert not list(out.parent.glob(".*")) if out.parent.exists() else True  # no temporary left
+
+
+def test_labels_that_give_no_usable_chips_are_refused(scene_setup: dict, tmp_path: Path) -> None:
+    far = _vector(tmp_path / "far.gpkg", [box(X0 + 50_000, Y0 - 500, X0 + 50_100, Y0 - 400)])
+    _refused(
+        scene_setup,
+        InputError,
+        r"the 1 polygons of .*far\.gpkg overlap none of the scenes \(scene\.tif\) inside the footprint .*footprint"
+        r"\.geojson with a single RTS pixel; fetch the scenes that cover the labels",
+        labels=far,
+    )
+    empty = _vector(tmp_path / "empty.gpkg", [])
+    _refused(scene_setup, InputError, r"label file .*empty\.gpkg has no polygons \(it has no features\)", labels=empty)
+    _refused(
+        scene_setup,
+        InputError,
+        r"the hold-out .*far\.gpkg does not overlap the labelled part of the scenes \(scene\.tif\)",
+        holdout=far,
+    )
+    # a hold-out over every slump leaves train chips without RTS
+    every = _vector(tmp_path / "every.gpkg", [_box_px(0, 0, 128, 90)])
+    _refused(
+        scene_setup,
+        InputError,
+        r"no 32 px training window holds RTS: every label polygon of .*labels\.gpkg in the labelled area lies in "
+        r"the hold-out .*every\.gpkg",
+        holdout=every,
+    )
+
+
+def test_all_nodata_scenes_are_refused(scene_setup: dict, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.tif"
+    with rasterio.open(scene_setup["scene"]) as src:
+        profile = src.profile
+    with rasterio.open(blank, "w", **profile) as dst:
+        dst.write(np.zeros((3, H, W), np.uint16))
+        dst.descriptions = tuple(BANDS)
+    _refused(
+        scene_setup,
+        InputError,
+        r"no training chip could be cut: all 32 px windows of the labelled area of blank\.tif are mostly nodata",
+        scenes=[blank],
+    )
+    _refused(scene_setup, InputError, r"unlabelled scenes \(blank\.tif\) are mostly nodata", unlabelled_scenes=[blank])
+
+
+def test_requests_that_make_no_sense_are_refused(scene_setup: dict) -> None:
+    _refused(
+        scene_setup,
+        ConfigError,
+        r"labels.holdout \(--holdout\) .*holdout\.geojson given without labels",
+        labels=None,
+        footprint=None,
+    )
+    _refused(
+        scene_setup,
+        ConfigError,
+        r"nothing to chip: no labelled chips .*\(chips.n_unlabelled / --n-unlabelled is 0, 1 unlabelled scenes\)",
+        labels=None,
+        footprint=None,
+        holdout=None,
+        n_unlabelled=0,
+    )
+
+
+def test_train_chips_without_rts_are_refused_up_front(scene_setup: dict) -> None:
+    _refused(scene_setup, ConfigError, r"chips.positive_fraction \(--positive-fraction\) is 0", positive_fraction=0.0)
+    _refused(
+        scene_setup,
+        ConfigError,
+        r"chips.positive_fraction 0.01 of 20 training chips \(chips.n_labelled\) rounds to no chip with RTS",
+        positive_fraction=0.01,
+    )
+
+
+def test_labels_are_not_read_when_no_labelled_chip_is_asked_for(scene_setup: dict, tmp_path: Path) -> None:
+    empty = _vector(tmp_path / "empty.gpkg", [])  # would be refused if it were read
+    stats = _make(scene_setup, labels=empty, holdout=None, n_labelled=0)
+    assert stats["counts"]["train"] == stats["counts"]["val"] == 0 and stats["counts"]["unlabelled"] == 10

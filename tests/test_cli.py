@@ -11,6 +11,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from rasterfiles import write_geotiff
 
 from pixeldino.cli import build_parser, main
 
@@ -41,6 +42,46 @@ def test_missing_input_is_one_error_line(tmp_path, capsys) -> None:
     assert err[-1].startswith("error: ") and "nope.tif" in err[-1]
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_only_the_verb_being_run_builds_its_options() -> None:
+    from pixeldino.cli import _verb_in
+
+    assert _verb_in(["--log", "merge", "chip", "--out", "x"]) == "chip"  # 'merge' is the log file here
+    assert _verb_in(["--log=run.log", "predict", "s.tif"]) == "predict"
+    assert _verb_in(["--help"]) == "" and _verb_in(["serch"]) == ""
+    # a light verb does not pay for torch (imported by predict's and train's parameter classes)
+    code = (
+        "import sys; from pixeldino.cli import build_parser; "
+        "a = build_parser(only='merge').parse_args(['merge', 'p.gpkg', '--out', 'm.gpkg', '--crs', 'EPSG:6931']); "
+        "print(a.inputs, a.crs, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["['p.gpkg']", "EPSG:6931", "False"]
+
+
+def test_an_option_refused_while_parsing_is_one_error_line(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--catalog", "c.json", "--bands", "B02,B99", "--out", "m.json"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --bands B02,B99: unknown Sentinel-2 band 'B99'")
+
+
+def test_chip_prints_what_it_wrote(tmp_path, capsys) -> None:
+    data = np.random.default_rng(0).integers(1, 5000, (3, 40, 40), dtype=np.uint16)
+    scene = write_geotiff(
+        tmp_path / "s.tif",
+        data,
+        transform=rasterio.Affine(10, 0, 0, 0, -10, 0),
+        nodata=0,
+        descriptions=("B02", "B03", "B04"),
+    )
+    out = tmp_path / "c.zarr"
+    main(["chip", "--scenes", str(scene), "--bands", "B02,B03,B04", "--size", "16", "--n-unlabelled", "3",
+          "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [f"chip: 0 labelled chips (0 train, none; 0 val, none) and 3 unlabelled chips in {out}"]
 
 
 @pytest.mark.skipif(not (DEMO / "stac" / "catalog.json").exists(), reason="demo resources not built")

@@ -8,13 +8,12 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
+from rasterfiles import write_geotiff, write_probability_raster
 from shapely.geometry import box
 
 from pixeldino.errors import InputError
 from pixeldino.evaluate import evaluate_site, evaluate_sites
-from pixeldino.io import TILED_GTIFF_PROFILE
 
 X0, Y0 = 600000.0, 7600000.0
 GRID = Affine(10.0, 0.0, X0, 0.0, -10.0, Y0)
@@ -26,21 +25,9 @@ def pixel_box(r0: int, c0: int, r1: int, c1: int):
 
 
 def write_prob(path: Path, dn: np.ndarray, threshold: str = "0.5") -> Path:
-    profile = dict(
-        TILED_GTIFF_PROFILE,
-        width=dn.shape[1],
-        height=dn.shape[0],
-        count=1,
-        dtype="uint8",
-        nodata=255,
-        crs="EPSG:32608",
-        transform=GRID,
+    return write_probability_raster(
+        path, dn, transform=GRID, tags={"THRESHOLD": threshold, "MODEL": "abc", "SCENE_ID": "S2X"}
     )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(dn, 1)
-        dst.scales = (1 / 254,)
-        dst.update_tags(THRESHOLD=threshold, MODEL="abc", SCENE_ID="S2X")
-    return path
 
 
 def write_polygons(path: Path, geoms: list, crs: str = "EPSG:32608", to_crs: str | None = None) -> Path:
@@ -116,20 +103,8 @@ def test_quicklook_and_multi_site_summary(tmp_path: Path) -> None:
     dn[10:20, 15:25] = 200
     prob = write_prob(tmp_path / "p.tif", dn, threshold="0.3")
     image = tmp_path / "scene.tif"
-    with rasterio.open(
-        image,
-        "w",
-        driver="GTiff",
-        width=80,
-        height=60,
-        count=4,
-        dtype="uint16",
-        nodata=0,
-        crs="EPSG:32608",
-        transform=GRID,
-    ) as dst:
-        dst.write(np.random.default_rng(0).integers(200, 3000, (4, 60, 80)).astype(np.uint16))
-        dst.descriptions = ("B02", "B03", "B04", "B08")
+    bands = np.random.default_rng(0).integers(200, 3000, (4, 60, 80)).astype(np.uint16)
+    write_geotiff(image, bands, transform=GRID, nodata=0, descriptions=("B02", "B03", "B04", "B08"))
     labels = write_polygons(tmp_path / "l.gpkg", [pixel_box(10, 10, 20, 20)])
     sites = [
         {
@@ -158,3 +133,40 @@ def test_missing_labels_is_input_error(tmp_path: Path) -> None:
     prob = write_prob(tmp_path / "p.tif", np.zeros((20, 20), np.uint8))
     with pytest.raises(InputError, match="missing.gpkg"):
         evaluate_site(prob, tmp_path / "missing.gpkg", site="x")
+
+
+def test_labels_that_miss_the_evaluated_area_are_refused(tmp_path: Path) -> None:
+    dn = np.zeros((50, 50), np.uint8)
+    dn[:, 25:] = 255  # the right half has no data
+    prob = write_prob(tmp_path / "p.tif", dn)
+    far = write_polygons(tmp_path / "far.gpkg", [pixel_box(500, 500, 510, 510)])
+    with pytest.raises(InputError, match=r"the 1 label polygons of .*far\.gpkg do not overlap prediction .*p\.tif;"):
+        evaluate_site(prob, far, site="x")
+    over_nodata = write_polygons(tmp_path / "nodata.gpkg", [pixel_box(10, 30, 20, 40), pixel_box(30, 30, 40, 40)])
+    with pytest.raises(InputError, match=r"the 2 label polygons of .*nodata\.gpkg lie only where prediction .* has no"):
+        evaluate_site(prob, over_nodata, site="x")
+    # an AOI of two squares: the labels lie within its bounding box, on data, but outside both squares
+    aoi = write_polygons(tmp_path / "aoi.gpkg", [pixel_box(0, 0, 10, 10), pixel_box(20, 20, 30, 24)])
+    inside = write_polygons(tmp_path / "inside.gpkg", [pixel_box(20, 5, 30, 15)])
+    with pytest.raises(InputError, match=r"lie only outside the AOI .*aoi\.gpkg or where prediction"):
+        evaluate_site(prob, inside, aoi_path=aoi, site="x")
+    corner = write_polygons(tmp_path / "corner.gpkg", [pixel_box(40, 0, 45, 5)])  # beyond the AOI's box
+    with pytest.raises(InputError, match=r"corner\.gpkg do not overlap prediction .*p\.tif within the AOI"):
+        evaluate_site(prob, corner, aoi_path=aoi, site="x")
+    # labels on data give metrics (IoU 0 here: nothing predicted), not an error
+    assert evaluate_site(prob, inside, site="x")["pixel"]["iou"] == 0.0
+
+
+def test_empty_labels_or_aoi_are_refused(tmp_path: Path) -> None:
+    import pyogrio
+
+    prob = write_prob(tmp_path / "p.tif", np.zeros((20, 20), np.uint8))
+    empty = tmp_path / "empty.gpkg"
+    pyogrio.write_dataframe(
+        gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs="EPSG:32608")), empty, geometry_type="Polygon"
+    )
+    with pytest.raises(InputError, match=r"label file .*empty\.gpkg has no polygons \(it has no features\)"):
+        evaluate_site(prob, empty, site="x")
+    labels = write_polygons(tmp_path / "l.gpkg", [pixel_box(2, 2, 5, 5)])
+    with pytest.raises(InputError, match=r"AOI file .*empty\.gpkg has no polygons"):
+        evaluate_site(prob, labels, aoi_path=empty, site="x")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -415,3 +418,151 @@ def test_run_fetch_reads_the_manifest_file_and_names_it_in_errors(tmp_path: Path
     assert json.loads(report.scenes[0].with_suffix(".json").read_text())["provider"] == "local"
     with pytest.raises(InputError, match=r"no scene\(s\) \['nope'\] in .*manifest.json; pick ids"):
         run_fetch(FetchParams(), manifest=path, bands=["B04"], out_dir=tmp_path / "scenes", scene_ids=["nope"])
+
+
+# ------------------------------------------------------------------ reads that cannot lie, finished scenes verified
+
+
+def _local_stac_item(folder: Path, b04_href: str) -> Path:
+    """A one-item static STAC catalog (the item's JSON) of an 08WMA L1C scene whose B04 asset is ``b04_href``."""
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+        ],
+        "id": "S2_08WMA_JP2",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[-135.0, 69.4], [-134.9, 69.4], [-134.9, 69.45], [-135.0, 69.45], [-135.0, 69.4]]],
+        },
+        "bbox": [-135.0, 69.4, -134.9, 69.45],
+        "properties": {
+            "datetime": "2021-08-21T21:00:19Z",
+            "platform": "sentinel-2b",
+            "eo:cloud_cover": 2.0,
+            "proj:code": "EPSG:32608",
+            "s2:mgrs_tile": "08WMA",
+            "s2:processing_baseline": "03.00",
+            "s2:product_type": "S2MSI1C",
+        },
+        "assets": {
+            "red": {
+                "href": b04_href,
+                "type": "image/jp2",
+                "roles": ["data"],
+                "eo:bands": [{"name": "B04", "common_name": "red"}],
+            }
+        },
+        "links": [],
+    }
+    path = folder / "item.json"
+    path.write_text(json.dumps(item))
+    return path
+
+
+def _jp2_manifest(tmp_path: Path, *, truncated: bool) -> Path:
+    """search -> manifest of the local STAC item whose B04 is a real (tiled, lossless) JPEG2000 file."""
+    from test_rasters import band_data, truncate, write_jp2
+
+    jp2 = write_jp2(tmp_path / "B04.jp2", band_data(), Affine(10, 0, 500_000, 0, -10, 7_700_000), "EPSG:32608")
+    if truncated:
+        truncate(jp2)
+    item = _local_stac_item(tmp_path, str(jp2))
+    manifest = search_scenes(
+        SearchParams(tiles=["08WMA"], datetime="2021-08-01/2021-08-31"), StacParams(catalog=str(item)), bands=["B04"]
+    )
+    assert [s["assets"]["B04"] for s in manifest["scenes"]] == [str(jp2)]
+    return write_manifest(manifest, tmp_path / "manifest.json")
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pixeldino", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+#: a log record on stderr (the stage's progress log); every other line is what the user is told
+LOG_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} [A-Z]+ \S+: ")
+
+
+def _told(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not LOG_RECORD.match(line)]
+
+
+@pytest.mark.skipif(
+    "JP2OpenJPEG" not in set(rasterio.drivers.raster_driver_extensions().values()), reason="no JP2OpenJPEG driver"
+)
+def test_fetch_of_a_truncated_jp2_band_fails_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    # before: exit 0, a COG with whole tiles of zeros, and a sidecar saying it is complete
+    manifest = _jp2_manifest(tmp_path, truncated=True)
+    out_dir = tmp_path / "scenes"
+    result = _cli("fetch", "--manifest", manifest, "--bands", "B04", "--out-dir", out_dir)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "ERROR 1:" not in result.stderr  # not even GDAL's own log line
+    told = _told(result.stderr)
+    assert len(told) == 1 and told[0].startswith("error: "), result.stderr
+    assert f"{tmp_path / 'B04.jp2'}: cannot read band B04 of scene S2_08WMA_JP2" in told[0]
+    assert "opj_get_decoded_tile() failed" in told[0] and told[0].endswith("truncated: re-download it")
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []  # no scene, no sidecar, no temporary
+
+
+@pytest.mark.skipif(
+    "JP2OpenJPEG" not in set(rasterio.drivers.raster_driver_extensions().values()), reason="no JP2OpenJPEG driver"
+)
+def test_fetch_of_an_intact_jp2_band_is_exact(tmp_path: Path) -> None:
+    from test_rasters import band_data
+
+    report = run_fetch(
+        FetchParams(), manifest=_jp2_manifest(tmp_path, truncated=False), bands=["B04"], out_dir=tmp_path
+    )
+    with rasterio.open(report.scenes[0]) as ds:
+        assert np.array_equal(ds.read(1), band_data())
+
+
+def test_completion_record_checksums_what_was_written(tmp_path: Path) -> None:
+    import hashlib
+
+    scene = _l2a_scene(tmp_path)
+    out = fetch_scene(scene, ["B04"], tmp_path / "out" / "scene.tif")
+    record = json.loads(out.with_suffix(".json").read_text())["completed"]
+    assert record["request"]["sources"] == {"B04": scene["assets"]["B04"], "SCL": scene["mask_asset"]}
+    assert record["request"]["bands"] == ["B04"] and record["request"]["mask_requested"] is True
+    for name in ("scene.tif", "scene_mask.tif"):
+        path = out.parent / name
+        assert record["files"][name] == {
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "bytes": path.stat().st_size,
+        }
+
+
+@pytest.mark.parametrize("damage", ["modify_cog", "truncate_cog", "modify_mask", "old_sidecar", "other_source"])
+def test_a_finished_scene_changed_afterwards_is_fetched_again(tmp_path: Path, damage: str) -> None:
+    scene = _l2a_scene(tmp_path)
+    (out,) = fetch_manifest({"scenes": [scene]}, ["B04"], tmp_path / "out").fetched
+    original = out.read_bytes()
+    assert fetch_manifest({"scenes": [scene]}, ["B04"], out.parent).reused == [out]  # untouched: trusted
+    sidecar = out.with_suffix(".json")
+    if damage == "modify_cog":  # same size, one byte of pixel data changed: only the checksum tells
+        changed = bytearray(original)
+        changed[-10] ^= 0xFF
+        out.write_bytes(bytes(changed))
+    elif damage == "truncate_cog":
+        out.write_bytes(original[: len(original) // 2])
+    elif damage == "modify_mask":
+        mask = find_quality_mask(out)
+        assert mask is not None
+        mask.write_bytes(mask.read_bytes()[:-1] + b"\x00")
+    elif damage == "old_sidecar":  # written before completion records existed
+        meta = json.loads(sidecar.read_text())
+        del meta["completed"]
+        sidecar.write_text(json.dumps(meta))
+    else:  # the manifest now points at another file for the band
+        other = tmp_path / "B04_reprocessed.tif"
+        other.write_bytes(Path(scene["assets"]["B04"]).read_bytes())
+        scene = {**scene, "assets": {"B04": str(other)}}
+    report = fetch_manifest({"scenes": [scene]}, ["B04"], out.parent)
+    assert report.reused == [] and report.fetched == [out]
+    assert out.read_bytes() == original  # the same bytes again, from the source
+    assert fetch_manifest({"scenes": [scene]}, ["B04"], out.parent).reused == [out]

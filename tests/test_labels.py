@@ -160,3 +160,52 @@ def test_demo_consensus_file_matches_experts(site: str) -> None:
     shipped = read_labels(DEMO / "labels" / f"{site}_consensus.gpkg", experts[next(iter(experts))].crs, layer="rts")
     assert set(shipped["n_experts"]) == {len(experts)}
     assert np.array_equal(rasterize_labels(shipped, transform, shape) == 1, cons)
+
+
+def _write(path: Path, geoms: list, layer: str | None = None, crs: str = "EPSG:32608") -> Path:
+    import pyogrio
+
+    gdf = gpd.GeoDataFrame({"id": range(len(geoms))}, geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
+    pyogrio.write_dataframe(gdf, path, layer=layer, geometry_type=None if geoms else "Polygon")
+    return path
+
+
+def test_multi_layer_files_are_read_only_when_it_is_clear_which_layer(tmp_path: Path, caplog) -> None:
+    from shapely.geometry import Point
+
+    mixed = _write(tmp_path / "mixed.gpkg", [box(0, 0, 10, 10)], layer="rts")
+    _write(mixed, [Point(5, 5)], layer="centres")
+    with caplog.at_level("INFO", logger="pixeldino.labels"):
+        gdf = read_labels(mixed, "EPSG:32608")
+    assert len(gdf) == 1 and gdf.geometry.iloc[0].area == 100
+    assert "reading layer 'rts', its only polygon layer (of rts, centres)" in caplog.text
+
+    two = _write(tmp_path / "two.gpkg", [box(0, 0, 10, 10)], layer="rts")
+    _write(two, [box(0, 0, 50, 50)], layer="footprint")
+    with pytest.raises(InputError, match=r"two\.gpkg has 2 layers \(rts, footprint\) and it is not clear which"):
+        read_labels(two, "EPSG:32608")
+    assert read_labels(two, "EPSG:32608", layer="footprint").geometry.iloc[0].area == 2500
+    with pytest.raises(InputError, match=r"has no layer 'slumps' \(it has rts, footprint\)"):
+        read_labels(two, "EPSG:32608", layer="slumps")
+
+
+def test_files_without_polygons_are_refused_when_polygons_are_required(tmp_path: Path, caplog) -> None:
+    empty = _write(tmp_path / "empty.gpkg", [])
+    assert len(read_labels(empty, "EPSG:32608")) == 0  # an empty set of labels is a valid value ...
+    with pytest.raises(InputError, match=r"label file .*empty\.gpkg has no polygons \(it has no features\)"):
+        read_labels(empty, "EPSG:32608", require_polygons=True)  # ... unless the caller needs polygons
+    # zero-area rings collapse to lines when repaired, and lines are no labels
+    flat = _write(tmp_path / "flat.gpkg", [Polygon([(0, 0), (5, 0), (10, 0), (0, 0)]), LineString([(0, 0), (1, 1)])])
+    with caplog.at_level("WARNING", logger="pixeldino.labels"):
+        with pytest.raises(InputError, match="none of its 2 features is a polygon with an area, even after repair"):
+            read_labels(flat, "EPSG:32608", what="hold-out", require_polygons=True)
+    assert "hold-out" in caplog.text and "2 of 2 features left out" in caplog.text
+
+
+def test_repairs_are_reported_and_crs_none_keeps_the_files_crs(tmp_path: Path, caplog) -> None:
+    bow_tie = Polygon([(0, 0), (40, 40), (40, 0), (0, 40), (0, 0)])
+    path = _write(tmp_path / "bowtie.gpkg", [bow_tie, box(50, 50, 60, 60)], crs="EPSG:32652")
+    with caplog.at_level("WARNING", logger="pixeldino.labels"):
+        gdf = read_labels(path, None)
+    assert gdf.crs.to_epsg() == 32652 and len(gdf) == 2
+    assert "repaired 1 invalid geometries" in caplog.text and "left out" not in caplog.text

@@ -70,3 +70,27 @@ def test_scenes_of_tiles_filters_by_manifest_tile(tmp_path: Path) -> None:
         scenes_of_tiles(scenes, ["33VUC"], manifest)
     with pytest.raises(ConfigError, match="not an MGRS tile id"):
         scenes_of_tiles(scenes, ["Peel"], manifest)
+
+
+def test_scenes_without_the_assets_the_search_asked_for_are_refused(tmp_path: Path) -> None:
+    def read(manifest: dict) -> dict:
+        (tmp_path / "m.json").write_text(json.dumps(manifest))
+        return read_manifest(tmp_path / "m.json")
+
+    asked = {"query": {"bands": ["B03", "B04"]}}
+    full = _scene("s1", "08WMA", assets={"B03": "/d/B03.tif", "B04": "/d/B04.tif"})
+    assert read({**_manifest(full), **asked})["scenes"][0]["assets"]["B03"] == "/d/B03.tif"
+    for scene, message in (
+        (
+            _scene("s1", "08WMA"),
+            r"scene s1 has no asset for band\(s\) B03 \(the search asked for B03, B04; it has B04\)",
+        ),
+        (_scene("s1", "08WMA", assets={}), "scene s1 has no band assets"),
+        (_scene("s1", "08WMA", assets={"B03": "", "B04": None}), r"scene s1 has no href for band\(s\) B03, B04"),
+        ("s1", "scene #0 is not an object"),
+    ):
+        with pytest.raises(InputError, match=message) as err:
+            read({**_manifest(scene), **asked})
+        assert str(tmp_path / "m.json") in str(err.value) and "re-run `pixeldino search`" in str(err.value)
+    with pytest.raises(InputError, match=r"scene manifest .*nowhere\.json not found; run `pixeldino search`"):
+        read_manifest(tmp_path / "nowhere.json")

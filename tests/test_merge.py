@@ -8,14 +8,13 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
-import rasterio
 from affine import Affine
 from pyproj import Transformer
+from rasterfiles import write_probability_raster
 from rasterio.features import rasterize
 from shapely.geometry import box
 from shapely.ops import transform
 
-from pixeldino.io import TILED_GTIFF_PROFILE
 from pixeldino.merge import MERGED_SCHEMA, MergeParams, run_merge
 from pixeldino.polygonize import PolygonizeParams, run_polygonize
 
@@ -31,21 +30,8 @@ def scene_gpkg(tmp_path: Path, epsg: int, scene_id: str, tile: str, date: str, s
     x0, y0 = round(cx / 10) * 10 - 2500, round(cy / 10) * 10 + 1500
     grid = Affine(10.0, 0.0, x0, 0.0, -10.0, y0)
     dn = rasterize([(g, 220) for g in utm], out_shape=(300, 500), transform=grid, fill=0, dtype="uint8")
-    profile = dict(
-        TILED_GTIFF_PROFILE,
-        width=500,
-        height=300,
-        count=1,
-        dtype="uint8",
-        nodata=255,
-        crs=f"EPSG:{epsg}",
-        transform=grid,
-    )
-    prob = tmp_path / f"{scene_id}.tif"
-    with rasterio.open(prob, "w", **profile) as dst:
-        dst.write(dn, 1)
-        dst.scales = (1 / 254,)
-        dst.update_tags(SCENE_ID=scene_id, TILE=tile, DATETIME=date, THRESHOLD="0.5", MODEL="m1")
+    tags = {"SCENE_ID": scene_id, "TILE": tile, "DATETIME": date, "THRESHOLD": "0.5", "MODEL": "m1"}
+    prob = write_probability_raster(tmp_path / f"{scene_id}.tif", dn, transform=grid, crs=f"EPSG:{epsg}", tags=tags)
     return _polygonize(prob, tmp_path / f"{scene_id}.gpkg")
 
 
@@ -182,23 +168,10 @@ def test_two_utm_grids_merge_without_inflation(tmp_path: Path) -> None:
         )
         shape = (int((ymax - ymin) / 10) + 60, int((xmax - xmin) / 10) + 60)
         dn = rasterize([(g, 220) for g in utm], out_shape=shape, transform=grid, fill=0, dtype="uint8")
-        profile = dict(
-            TILED_GTIFF_PROFILE,
-            width=shape[1],
-            height=shape[0],
-            count=1,
-            dtype="uint8",
-            nodata=255,
-            crs=f"EPSG:{epsg}",
-            transform=grid,
-            blockxsize=256,
-            blockysize=256,
+        tags = {"SCENE_ID": name, "TILE": tile, "DATETIME": "2023-07-01T20:00:00Z", "THRESHOLD": "0.5"}
+        prob = write_probability_raster(
+            tmp_path / f"{name}.tif", dn, transform=grid, crs=f"EPSG:{epsg}", tags=tags, blockxsize=256, blockysize=256
         )
-        prob = tmp_path / f"{name}.tif"
-        with rasterio.open(prob, "w", **profile) as dst:
-            dst.write(dn, 1)
-            dst.scales = (1 / 254,)
-            dst.update_tags(SCENE_ID=name, TILE=tile, DATETIME="2023-07-01T20:00:00Z", THRESHOLD="0.5")
         files.append(_polygonize(prob, tmp_path / f"{name}.gpkg"))
     one_grid = run_merge(MergeParams(), files[:1], tmp_path / "one.gpkg")
     merged = run_merge(MergeParams(), files, tmp_path / "both.gpkg")
@@ -215,27 +188,31 @@ def test_two_utm_grids_merge_without_inflation(tmp_path: Path) -> None:
 
 
 def test_empty_inputs_give_valid_empty_layer(tmp_path: Path) -> None:
-    empty = run_merge(MergeParams(), [], tmp_path / "empty.gpkg")
-    assert len(empty) == 0
-    info = pyogrio.read_info(tmp_path / "empty.gpkg", layer="rts")
-    assert info["features"] == 0 and info["crs"] == "EPSG:3413" and list(info["fields"]) == list(MERGED_SCHEMA)
-    # an empty per-scene layer is fine too
+    from pixeldino.errors import InputError
+
+    # no input at all is a mistake (a map of nothing would look like a map without slumps) ...
+    with pytest.raises(InputError, match="empty.gpkg: no polygon files to merge"):
+        run_merge(MergeParams(), [], tmp_path / "empty.gpkg")
+    assert not (tmp_path / "empty.gpkg").exists()
+    # ... but a scene without detections is a valid input, and gives a valid empty layer
     dn = np.zeros((40, 40), np.uint8)
-    profile = dict(
-        TILED_GTIFF_PROFILE,
-        width=40,
-        height=40,
-        count=1,
-        dtype="uint8",
-        nodata=255,
-        crs="EPSG:32608",
-        transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7600000.0),
+    prob = write_probability_raster(
+        tmp_path / "p.tif", dn, transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 7600000.0)
     )
-    with rasterio.open(tmp_path / "p.tif", "w", **profile) as dst:
-        dst.write(dn, 1)
-        dst.scales = (1 / 254,)
-    scene = _polygonize(tmp_path / "p.tif", tmp_path / "scene.gpkg")
+    scene = _polygonize(prob, tmp_path / "scene.gpkg")
     assert len(run_merge(MergeParams(), [scene], tmp_path / "m.gpkg")) == 0
+    info = pyogrio.read_info(tmp_path / "m.gpkg", layer="rts")
+    assert info["features"] == 0 and info["crs"] == "EPSG:3413" and list(info["fields"]) == list(MERGED_SCHEMA)
+
+
+def test_input_without_the_rts_layer_names_its_layers(tmp_path: Path) -> None:
+    from pixeldino.errors import InputError
+
+    other = tmp_path / "other.gpkg"
+    gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs="EPSG:32608").to_file(other, layer="slumps")
+    with pytest.raises(InputError, match=r"other\.gpkg: no layer 'rts' \(it has slumps\); give the GeoPackage"):
+        run_merge(MergeParams(), [other], tmp_path / "m.gpkg")
+    assert not (tmp_path / "m.gpkg").exists()
 
 
 def test_missing_input_is_input_error(tmp_path: Path) -> None:

@@ -85,3 +85,35 @@ def test_asking_for_cuda_without_a_gpu_is_one_clear_error() -> None:
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(ConfigError, match="train.device is 'cuda' but no CUDA GPU is visible"):
         resolve_device("cuda", "train.device")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bands": ["B02", "B03", "B04", "B08"]}, "4 bands .* but the architecture takes 3 input channels"),
+        ({"bands": []}, "'bands' must be a non-empty list of band names"),
+        ({"threshold": 1.7}, r"'threshold' 1.7 is not a probability in \[0, 1\]"),
+        ({"chip_size": -16}, "'chip_size' -16 is not a positive number of pixels"),
+        ({"normalisation": {"method": "magic"}}, "invalid 'normalisation' .*'magic' is not one of"),
+        ({"normalisation": {"method": "zscore", "center": [1], "scale": [1]}}, "zscore 'center' has 1 values for 3"),
+    ],
+)
+def test_inconsistent_metadata_is_refused(tmp_path, change: dict, message: str) -> None:
+    path = save_model(tmp_path / "model.safetensors", build_model(CONFIG), META)
+    meta_file = tmp_path / "model.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **change}))
+    with pytest.raises(ModelError, match=message) as err:
+        load_model(path)
+    assert str(meta_file) in str(err.value) and "re-export the model" in str(err.value)
+
+
+def test_unknown_architecture_or_no_model_at_all(tmp_path) -> None:
+    path = save_model(tmp_path / "model.safetensors", build_model(CONFIG), META)
+    meta_file = tmp_path / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["architecture"]["attention"] = True  # from a pixeldino this one does not know
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model\.json: invalid 'architecture' \(.*attention"):
+        load_model(path)
+    with pytest.raises(ModelError, match=r"nowhere\.safetensors: model not found; train one"):
+        load_model(tmp_path / "nowhere.safetensors")

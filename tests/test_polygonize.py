@@ -11,32 +11,18 @@ import pyogrio
 import pytest
 import rasterio
 from affine import Affine
+from rasterfiles import write_probability_raster
 
-from pixeldino.io import TILED_GTIFF_PROFILE
 from pixeldino.polygonize import SCHEMA, PolygonizeParams, run_polygonize
 
 ORIGIN = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 7600000.0)  # 10 m pixels, UTM 8N
 
 
 def write_prob(path: Path, dn: np.ndarray, *, threshold: str | None = "0.5", tags: dict | None = None) -> Path:
-    profile = dict(
-        TILED_GTIFF_PROFILE,
-        width=dn.shape[1],
-        height=dn.shape[0],
-        count=1,
-        dtype="uint8",
-        nodata=255,
-        crs="EPSG:32608",
-        transform=ORIGIN,
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(dn, 1)
-        dst.scales = (1 / 254,)
-        all_tags = {"SCENE_ID": "S2B_X", "TILE": "08WMC", "DATETIME": "2022-08-02T20:11:29Z", "MODEL": "abc123def456"}
-        if threshold is not None:
-            all_tags["THRESHOLD"] = threshold
-        dst.update_tags(**all_tags, **(tags or {}))
-    return path
+    all_tags = {"SCENE_ID": "S2B_X", "TILE": "08WMC", "DATETIME": "2022-08-02T20:11:29Z", "MODEL": "abc123def456"}
+    if threshold is not None:
+        all_tags["THRESHOLD"] = threshold
+    return write_probability_raster(path, dn, transform=ORIGIN, tags={**all_tags, **(tags or {})})
 
 
 def test_known_squares_exact_area_pixels_and_probabilities(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterfiles import write_geotiff
 from rasterio.transform import from_origin
 
 from pixeldino.errors import ConfigError, InputError, ModelError
@@ -21,25 +22,12 @@ from pixeldino.probability import PROBABILITY_SCALE
 MODEL_BANDS = ["B04", "B03", "B02"]
 SCENE_BANDS = ("B02", "B03", "B04", "B08")  # one extra band the model does not use, in another order
 H, W = 150, 170
+GRID = from_origin(500000, 7700000, 10, 10)
 
 
 def write_scene(path: Path, data: np.ndarray, descriptions: tuple[str, ...] = SCENE_BANDS) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype="uint16",
-        nodata=0,
-        crs="EPSG:32608",
-        transform=from_origin(500000, 7700000, 10, 10),
-    ) as dst:
-        dst.write(data)
-        dst.descriptions = descriptions
-        dst.update_tags(SCENE_ID="S2A_TEST", TILE="08WMC", DATETIME="2023-07-01T20:11:29Z")
-    return path
+    tags = {"SCENE_ID": "S2A_TEST", "TILE": "08WMC", "DATETIME": "2023-07-01T20:11:29Z"}
+    return write_geotiff(path, data.astype(np.uint16), transform=GRID, nodata=0, descriptions=descriptions, tags=tags)
 
 
 def scene_data(seed: int = 0) -> np.ndarray:
@@ -158,18 +146,7 @@ def test_outputs_tags_scale_palette_and_nodata(tmp_path: Path, scene: Path) -> N
     model = make_model(tmp_path / "m.safetensors")
     quality = np.zeros((H, W), np.uint8)
     quality[100:110, 10:20] = 1
-    with rasterio.open(
-        tmp_path / "q.tif",
-        "w",
-        driver="GTiff",
-        width=W,
-        height=H,
-        count=1,
-        dtype="uint8",
-        crs="EPSG:32608",
-        transform=from_origin(500000, 7700000, 10, 10),
-    ) as dst:
-        dst.write(quality, 1)
+    write_geotiff(tmp_path / "q.tif", quality, transform=GRID)
     predict_scene(
         PredictParams(tta=True, device="cpu"),
         scene,
@@ -215,18 +192,7 @@ def test_corrupt_model_is_model_error_and_leaves_no_output(tmp_path: Path, scene
 
 def test_failure_mid_run_leaves_no_output(tmp_path: Path, scene: Path) -> None:
     model = make_model(tmp_path / "m.safetensors")
-    with rasterio.open(
-        tmp_path / "q.tif",
-        "w",
-        driver="GTiff",
-        width=W + 1,
-        height=H,
-        count=1,
-        dtype="uint8",
-        crs="EPSG:32608",
-        transform=from_origin(500000, 7700000, 10, 10),
-    ) as dst:
-        dst.write(np.zeros((H, W + 1), np.uint8), 1)
+    write_geotiff(tmp_path / "q.tif", np.zeros((H, W + 1), np.uint8), transform=GRID)
     with pytest.raises(InputError, match="quality mask grid"):
         predict_scene(
             PredictParams(device="cpu"),

@@ -8,6 +8,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from rasterfiles import write_geotiff, write_probability_raster
+from rasterio.transform import from_origin
 from shapely.geometry import box
 from test_predict import H, W, make_model, scene_data, write_scene
 
@@ -101,22 +103,7 @@ def _prob(tmp_path: Path) -> Path:
     dn = np.zeros((60, 60), np.uint8)
     dn[10:20, 10:20] = 220  # a detection that is a lake
     dn[35:50, 35:50] = 220  # a slump on land
-    path = tmp_path / "prob.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=60,
-        height=60,
-        count=1,
-        dtype="uint8",
-        nodata=255,
-        crs="EPSG:32608",
-        transform=rasterio.transform.from_origin(500000, 7700000, 10, 10),
-    ) as dst:
-        dst.write(dn, 1)
-        dst.scales = (1 / 254,)
-    return path
+    return write_probability_raster(tmp_path / "prob.tif", dn, transform=from_origin(500000, 7700000, 10, 10))
 
 
 def test_permanent_water_vector_flags_or_drops(tmp_path: Path) -> None:
@@ -149,18 +136,7 @@ def test_permanent_water_occurrence_raster(tmp_path: Path) -> None:
     occurrence = np.zeros((30, 30), np.uint8)  # a 20 m water-occurrence map (percent of time water)
     occurrence[5:10, 5:10] = 90  # the lake
     occurrence[17:25, 17:25] = 30  # seasonally wet ground under the slump: below the 50 % default
-    with rasterio.open(
-        tmp_path / "occ.tif",
-        "w",
-        driver="GTiff",
-        width=30,
-        height=30,
-        count=1,
-        dtype="uint8",
-        crs="EPSG:32608",
-        transform=rasterio.transform.from_origin(500000, 7700000, 20, 20),
-    ) as dst:
-        dst.write(occurrence, 1)
+    write_geotiff(tmp_path / "occ.tif", occurrence, transform=from_origin(500000, 7700000, 20, 20))
     gdf = run_polygonize(
         PolygonizeParams(min_area_m2=0), prob, tmp_path / "a.gpkg", water=WaterParams(file=tmp_path / "occ.tif")
     )
@@ -175,19 +151,7 @@ def test_permanent_water_occurrence_raster(tmp_path: Path) -> None:
 
 
 def _grid_raster(path: Path, transform: rasterio.Affine, shape: tuple[int, int] = (8, 8)) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=shape[1],
-        height=shape[0],
-        count=1,
-        dtype="uint8",
-        crs="EPSG:32608",
-        transform=transform,
-    ) as dst:
-        dst.write(np.zeros(shape, np.uint8), 1)
-    return path
+    return write_geotiff(path, np.zeros(shape, np.uint8), transform=transform)
 
 
 def test_open_quality_mask_checks_the_grid_with_one_tolerance(tmp_path: Path) -> None:

@@ -311,8 +311,11 @@ def test_cdse_style_assets_prefer_native_resolution(tmp_path: Path) -> None:
     ("params", "message"),
     [
         ({"datetime": "2021-07-01/2021-08-31", "years": [2021]}, "both set"),
-        ({"datetime": "July 2021"}, "not ISO 8601"),
-        ({"datetime": "2021-09-01/2021-07-01"}, "ends before it starts"),
+        ({"datetime": "July 2021"}, "search.datetime: 'July 2021' is not ISO 8601"),
+        (
+            {"datetime": "2021-09-01/2021-07-01"},
+            "search.datetime: the range '2021-09-01/2021-07-01' ends before it starts; .* e.g. '2021-07-01/2021-09-01'",
+        ),
         ({"years": [2021], "months": [0, 7]}, "month numbers 1-12"),
         ({"max_scenes_per_tile": 0}, "at least 1"),
         ({"tiles": ["08WMA", "Peel"]}, "'Peel' is not an MGRS tile id"),

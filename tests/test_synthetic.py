@@ -7,7 +7,8 @@ import pytest
 from rasterio.features import rasterize
 
 from pixeldino import synthetic
-from pixeldino.synthetic import HELD_OUT_REGIONS, LABELLED_REGIONS, generate_scene, load_outlines
+from pixeldino.synthetic import generate_scene, load_outlines
+from pixeldino.synthetic_regions import HELD_OUT_REGIONS, LABELLED_REGIONS
 
 
 def test_outline_pools_are_the_real_inventories() -> None:
@@ -87,3 +88,40 @@ def test_regions_differ_in_band_statistics() -> None:
 def test_unknown_region_is_rejected() -> None:
     with pytest.raises(KeyError, match="unknown region"):
         generate_scene("Atlantis", 0, 64)
+
+
+def test_terrain_leaves_the_images_as_they_were() -> None:
+    # SHA-256 prefixes of images generated before scenes had a DEM: the terrain draws from its own random stream
+    import hashlib
+
+    for region, seed, size, digest in (("Horton", 3, 96, "2a9f39cdb3cf41fa"), ("Herschel", 7, 192, "fb6fddf8597d43c3"),
+                                       ("Lena", 1000, 128, "4f1d023a39c5adf3")):  # fmt: skip
+        assert hashlib.sha256(generate_scene(region, seed, size).image.tobytes()).hexdigest()[:16] == digest
+
+
+def test_slumps_are_carved_into_the_terrain(tmp_path) -> None:
+    from scipy import ndimage
+
+    scene = generate_scene("Herschel", 7, 192, n_slumps=8)
+    z = scene.elevation
+    assert z is not None and z.shape == scene.mask.shape
+    carved = [s for s in scene.slumps if s.in_dem]
+    assert len(scene.slumps) == 8 and len(carved) >= 4  # about dem_slump_share (0.75) of them
+    for slump in carved:
+        one = rasterize([(slump.polygon, 1)], out_shape=z.shape, transform=scene.transform, fill=0,
+                        dtype="uint8").astype(bool)  # fmt: skip
+        ring = ndimage.binary_dilation(one, iterations=3) & ~ndimage.binary_dilation(one, iterations=1)
+        # the floor lies below its rim, and the steepest step is the headwall scarp
+        assert np.median(z[one]) < np.median(z[ring]) - 0.5
+        gy, gx = np.gradient(z, 10.0)
+        assert np.degrees(np.arctan(np.hypot(gx, gy)))[one].max() > 20.0
+    # the DEM product: 30 m pixels over the scene, as written for aux.dem: file
+    assert scene.dem is not None and scene.dem.shape == (64, 64) and scene.dem_transform.a == 30.0
+    path = synthetic.write_dem(scene, tmp_path / "dem.tif")
+    import rasterio
+
+    with rasterio.open(path) as src:
+        assert src.crs.to_string() == scene.crs and src.bounds.left == scene.transform.c
+        assert np.array_equal(src.read(1), scene.dem)
+    block_means = z.reshape(64, 3, 64, 3).mean(axis=(1, 3))
+    assert 0.5 < float(np.std(scene.dem - block_means)) < 1.5  # about 1 m of noise, as GLO-30

@@ -255,7 +255,7 @@ def test_every_output_goes_where_the_caller_says(data, tmp_path) -> None:
     chips = TrainingChips(bands=BANDS, **data)
     run_train(tiny("pixeldino", 2), chips, outputs, progress=False)
     assert read_metadata(tmp_path / "models" / "m.json")["mode"] == "pixeldino"
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m.json", "m.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m.json", "m.safetensors", "m.stac.json"]
     assert len(read_log(outputs.log_csv)) == 2 and outputs.curves_png.stat().st_size > 1000
     assert outputs.checkpoint_dir == tmp_path / "work" / "checkpoint"
     assert (outputs.checkpoint_dir / "state.json").exists()

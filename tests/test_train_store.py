@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import geopandas as gpd
 import pytest
+import torch
+import zarr
+from rasterfiles import write_synthetic_pair
+from safetensors.torch import load_file
 from shapely.geometry import box
 
 from pixeldino import synthetic
 from pixeldino.chip import ChipParams, run_chip
-from pixeldino.chipstore import ChipStore
+from pixeldino.chipstore import STORE_VERSION, ChipRows, ChipStore
 from pixeldino.errors import PixeldinoError, TrainingError
 from pixeldino.modelio import load_model, read_metadata
-from pixeldino.train import TrainConfig, TrainOutputs, run_train
+from pixeldino.train import TrainConfig, TrainOutputs, load_chips, run_train
 
 BANDS = list(synthetic.BANDS)
 CHIP = 32
@@ -26,13 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def scenes(tmp_path_factory):
     """A labelled Horton scene (with its outlines and a west hold-out strip) and an unlabelled Herschel scene."""
     d = tmp_path_factory.mktemp("scenes")
-    lab = synthetic.generate_scene("Horton", 0, 128, n_slumps=6)
-    unl = synthetic.generate_scene("Herschel", 1, 128)
-    paths = {
-        "scene": synthetic.write_scene(lab, d / "horton.tif"),
-        "labels": synthetic.write_labels(lab, d / "horton_rts.gpkg"),
-        "unlabelled": synthetic.write_scene(unl, d / "herschel.tif"),
-    }
+    lab, paths = write_synthetic_pair(d, 128)
     left, top = lab.transform.c, lab.transform.f
     strip = box(left, top - 128 * 10, left + CHIP * 10, top)  # the west 32 px
     gpd.GeoDataFrame(geometry=[strip], crs=lab.crs).to_file(d / "holdout.geojson", driver="GeoJSON")
@@ -92,9 +91,29 @@ def test_store_without_labelled_chips_is_a_one_line_error(scenes, tmp_path) -> N
     assert "\n" not in str(info.value)
 
 
-def test_empty_store_is_a_one_line_error(scenes, tmp_path) -> None:
+def test_empty_store_is_a_one_line_error(tmp_path) -> None:
+    # run_chip refuses to write a store without chips; one written otherwise (by hand, by another tool) is refused
     out = tmp_path / "empty.zarr"
-    run_chip(ChipParams(size=CHIP, n_labelled=0, n_unlabelled=0), scenes=[scenes["scene"]], bands=BANDS, out=out)
+    root = zarr.open_group(str(out), mode="w")
+    c = len(BANDS)
+    root.create_array("labelled/image", shape=(0, c, CHIP, CHIP), chunks=(1, c, CHIP, CHIP), dtype="uint16")
+    root.create_array("labelled/mask", shape=(0, CHIP, CHIP), chunks=(1, CHIP, CHIP), dtype="uint8")
+    root.create_array("labelled/split", shape=(0,), chunks=(1,), dtype="uint8")
+    root.create_array("unlabelled/image", shape=(0, c, CHIP, CHIP), chunks=(1, c, CHIP, CHIP), dtype="uint16")
+    root.attrs.update({"pixeldino_chips": STORE_VERSION, "bands": BANDS, "chip_size": CHIP, "ignore_value": 255})
     with pytest.raises(PixeldinoError, match="no chips") as info:
         run_train(tiny("supervised"), out, TrainOutputs.in_dir(tmp_path / "model"), progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_a_store_beyond_the_memory_budget_streams_to_the_same_model(store, tmp_path) -> None:
+    """The real store streamed (budget 0) and read into memory give a bit-identical model and checkpoint."""
+    streamed = replace(tiny("pixeldino"), memory_budget_mb=0)
+    chips = load_chips(store, streamed, BANDS)
+    assert chips.streamed == ["train", "val", "unlabelled"] and isinstance(chips.unlabelled_images, ChipRows)
+    assert load_chips(store, tiny("pixeldino"), BANDS).streamed == []  # the default budget holds it in memory
+    for name, config in (("memory", tiny("pixeldino")), ("streamed", streamed)):
+        run_train(config, store, TrainOutputs.in_dir(tmp_path / name), bands=BANDS, progress=False)
+    for name in ("model.safetensors", "checkpoint/student.safetensors", "checkpoint/optimizer.safetensors"):
+        a, b = load_file(str(tmp_path / "memory" / name)), load_file(str(tmp_path / "streamed" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

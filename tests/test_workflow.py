@@ -95,6 +95,11 @@ def test_date_range_without_scenes_stops_with_a_clear_message(tmp_path) -> None:
     assert not (work / "results/demo/manifest.json").exists()
 
 
+#: The SLURM profile against the stand-in commands: fail fast, check job status at once.
+FAKE_SLURM_PROFILE = ["--workflow-profile", "workflow/profiles/slurm", "--latency-wait", "1", "--retries", "0",
+                      "--slurm-init-seconds-before-status-checks", "1"]  # fmt: skip
+
+
 def _fake_slurm_env(tmp_path: Path) -> dict[str, str]:
     """PATH with stand-in SLURM commands (tests/fake_slurm) that log each sbatch call to FAKE_SLURM_DIR/sbatch.log."""
     import os
@@ -125,18 +130,7 @@ def test_fetch_all_downloads_only_scenes_and_fetch_local_keeps_them_off_the_clus
 
     pytest.importorskip("snakemake_executor_plugin_slurm")
     env = _fake_slurm_env(tmp_path)
-    slurm = [
-        "--workflow-profile",
-        "workflow/profiles/slurm",
-        "--latency-wait",
-        "1",
-        "--retries",
-        "0",
-        "--slurm-init-seconds-before-status-checks",
-        "1",
-        "--forcerun",
-        "fetch_scene",
-    ]
+    slurm = [*FAKE_SLURM_PROFILE, "--forcerun", "fetch_scene"]
     local = run_snakemake(
         work,
         *slurm,
@@ -224,7 +218,7 @@ def test_multiyear_variant_runs_the_change_rule(demo_run) -> None:
     import geopandas as gpd
     import pyogrio
 
-    from pixeldino.catalog import validate_catalog
+    from pixeldino.stac_checks import validate_catalog
 
     build = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "build_multiyear_demo.py"), "resources/multiyear"],
@@ -260,7 +254,8 @@ def test_multiyear_variant_runs_the_change_rule(demo_run) -> None:
     assert {"area_2021_m2", "area_2023_m2", "growth_m2_per_yr", "first_year", "last_year"} <= set(tracks.columns)
     for png in ("change_map.png", "growth.png"):
         assert (out / "change" / png).stat().st_size > 5000
-    assert validate_catalog(out / "stac" / "catalog.json") == 2 + 4 + 2  # catalog, collection; 4 scenes; 2 maps
+    # catalog, collection; 4 scenes; 2 maps; the card of the (reused) model
+    assert validate_catalog(out / "stac" / "catalog.json") == 2 + 4 + 2 + 1
     assert (out / "benchmarks" / "change.tsv").exists() and not (out / "chips").exists()  # the model was reused
 
 
@@ -272,19 +267,7 @@ def test_slurm_profile_submits_gpu_jobs(demo_run, tmp_path) -> None:
     """
     pytest.importorskip("snakemake_executor_plugin_slurm")
     env = _fake_slurm_env(tmp_path)
-    profile = [
-        "--workflow-profile",
-        "workflow/profiles/slurm",
-        "--latency-wait",
-        "1",
-        "--retries",
-        "0",
-        "--slurm-init-seconds-before-status-checks",
-        "1",
-        "--configfile",
-        "config/config.yaml",
-        "config/test/fast.yaml",
-    ]
+    profile = [*FAKE_SLURM_PROFILE, "--configfile", "config/config.yaml", "config/test/fast.yaml"]
     for rule in ("predict_scene", "train"):  # predict first: a failed train would remove the model
         res = run_snakemake(demo_run, *profile, "--forcerun", rule, "--until", rule, timeout=300, env=env)
         assert "Error" in res.stdout + res.stderr  # the stand-in reports every job as failed

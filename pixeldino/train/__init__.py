@@ -41,16 +41,19 @@ export the student). ``best`` takes whichever of the two has the higher IoU on t
 at its calibrated threshold, never anything measured on target data. Every validation logs both.
 
 **Outputs** are named by the caller in a :class:`TrainOutputs` (``TrainOutputs.in_dir(out_dir)`` is the default
-layout of ``pixeldino train``): the model (``model.safetensors`` + ``model.json``, see :mod:`pixeldino.modelio`),
-``training_log.csv``, ``training_curves.png``, and in the work directory the checkpoint (``checkpoint/``,
-safetensors + JSON, no pickle) and, only if ``torch.utils.tensorboard`` imports (a dependency; without it the
-event log is skipped), a TensorBoard event log (``tensorboard/``).
+layout of ``pixeldino train``): the model (``model.safetensors`` + ``model.json``, see :mod:`pixeldino.modelio`,
+and its model card ``model.stac.json``, see :mod:`pixeldino.modelcard`), ``training_log.csv``,
+``training_curves.png``, and in the work directory the checkpoint (``checkpoint/``, safetensors + JSON, no pickle)
+and, only if ``torch.utils.tensorboard`` imports (a dependency; without it the event log is skipped), a
+TensorBoard event log (``tensorboard/``).
 
 Modules: :mod:`~pixeldino.train.params` (parameters, schedules, outputs), :mod:`~pixeldino.train.chips` (reading
 and checking the chips), :mod:`~pixeldino.train.data` (index streams, batches on the device),
 :mod:`~pixeldino.train.losses`, :mod:`~pixeldino.train.validation` (validation, export choice, batch-norm
-statistics), :mod:`~pixeldino.train.checkpoints`, :mod:`~pixeldino.train.logs`, :mod:`~pixeldino.train.trainer`
-(the run) and :mod:`~pixeldino.train.run` (:func:`run_train`, the entry point).
+statistics), :mod:`~pixeldino.train.finetune` (``init_from``, the frozen encoder),
+:mod:`~pixeldino.train.checkpoints` (the files) and :mod:`~pixeldino.train.resume` (the state they hold),
+:mod:`~pixeldino.train.logs`, :mod:`~pixeldino.train.trainer` (the run), :mod:`~pixeldino.train.export` (the model,
+its card and curves at the end) and :mod:`~pixeldino.train.run` (:func:`run_train`, the entry point).
 """
 
 from pixeldino.train.chips import ChipSet, TrainingChips, load_chips

@@ -4,8 +4,10 @@ A checkpoint directory (:attr:`pixeldino.train.TrainOutputs.checkpoint_dir`) hol
 ``teacher.safetensors`` (the student's again in the supervised modes), ``optimizer.safetensors`` (the AdamW state,
 flattened), ``state.safetensors`` (the teacher-logit center and the two augmentation generator states) and
 ``state.json`` (step, elapsed time, config, normalisation, sampler states). It is written completely under a
-temporary name beside it and then swapped in, so a kill at any moment leaves either the old or the new checkpoint
-(or, between the two renames, the old one as ``<checkpoint>.old``, which is read too).
+temporary name beside it (:func:`pixeldino.io.new_temporary`) and then swapped in, so a kill at any moment leaves
+either the old or the new checkpoint (or, between the two renames, the old one as ``<checkpoint>.old``, which is
+read too); SIGINT and SIGTERM wait until the swap is done, and the temporary a SIGKILL left is removed by the next
+checkpoint write.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import dataclasses
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixeldino.errors import TrainingError
-from pixeldino.io import follow_umask
+from pixeldino.io import critical_section, follow_umask, temporary
+from pixeldino.params import default_of
 from pixeldino.train.params import TrainConfig
 
 CHECKPOINT_FORMAT = "pixeldino-checkpoint"
@@ -32,7 +34,7 @@ CHECKPOINT_VERSION = 2
 #: ``steps`` may differ: a finished run can be extended, its schedules then stretch to the new length.
 RESUME_FREE_FIELDS = (
     "steps", "val_every", "checkpoint_every", "log_every", "device", "num_threads", "compile", "export",
-    "bn_recalibration_chips",
+    "bn_recalibration_chips", "memory_budget_mb", "prefetch_batches", "model_license",
 )  # fmt: skip
 
 
@@ -87,21 +89,24 @@ def _old(directory: Path) -> Path:
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap a completed directory into place; an old version survives as ``<final>.old`` until the swap is done."""
     old = _old(final)
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
     follow_umask(tmp)  # safetensors writes its files 0600; a checkpoint is an output like any other
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    # SIGINT/SIGTERM wait until the swap is done; a SIGKILL in between leaves the old one as .old, which is read
+    with critical_section():
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        # without a final (a run killed mid-swap), .old is the only checkpoint: kept until the new one is in place
+        os.replace(tmp, final)
+        if old.exists():
+            shutil.rmtree(old)
 
 
 def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` completely under a temporary name beside ``directory``, then swap it in."""
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    # named for the checkpoint, this host and process; one a killed run left is removed here (pixeldino.io);
+    # removed on exit unless swapped in. Not an output of the run: an interruption does not name it
+    with temporary(directory, directory=True, outputs=[]) as tmp:
         save_file(checkpoint.student, str(tmp / "student.safetensors"))
         save_file(checkpoint.teacher, str(tmp / "teacher.safetensors"))
         save_file(checkpoint.optimizer, str(tmp / "optimizer.safetensors"))
@@ -109,9 +114,6 @@ def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
         state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **checkpoint.state}
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         replace_dir(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def find_checkpoint(directory: Path) -> Path | None:
@@ -166,10 +168,15 @@ def read_checkpoint(directory: Path, config: TrainConfig, spec: dict[str, Any]) 
         )
     old = state["config"]
     free = (*RESUME_FREE_FIELDS, "normalisation")  # normalisation: compared below, resolved
-    for name in (f.name for f in dataclasses.fields(TrainConfig) if f.name not in free):
-        if old.get(name) != json.loads(json.dumps(getattr(config, name))):
+    for f in dataclasses.fields(TrainConfig):
+        name = f.name
+        if name in free:
+            continue
+        # a field added after the checkpoint was written (e.g. freeze_encoder_steps) had its default then
+        written = old[name] if name in old else json.loads(json.dumps(default_of(f)))
+        if written != json.loads(json.dumps(getattr(config, name))):
             raise TrainingError(
-                f"{ckpt}: checkpoint has {name}={old.get(name)!r} but the config says "
+                f"{ckpt}: checkpoint has {name}={written!r} but the config says "
                 f"{getattr(config, name)!r}; use another work directory or resume=False"
             )
     if state["normalisation"] != spec:

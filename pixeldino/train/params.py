@@ -82,6 +82,14 @@ class TrainConfig:
         depth: UNet encoder stages; chips must be multiples of ``2**depth`` pixels.
         n_pseudo_classes: K, the pseudo-class head size.
         norm: ``layer`` (per-pixel LayerNorm over channels, the reference's), ``batch`` or ``group``.
+        init_from: fine-tune: an exported model (``.safetensors``, its ``.json`` beside it) whose weights start
+            the student and the EMA teacher (the optimiser starts fresh). Its bands, normalisation and
+            architecture (``width``, ``depth``, ``norm``, ``n_pseudo_classes``) must be the run's; ``zscore``
+            without statistics takes the model's. Applies to a fresh start only: a resumed run continues its
+            checkpoint. None: train from scratch.
+        freeze_encoder_steps: keep the encoder (the contracting path: encoder stages and bottleneck) frozen for
+            the first this many steps, so a fine-tune adapts the decoder and heads before it moves the features
+            (0: never frozen).
         teacher_temperature: softmax temperature of the PixelDINO teacher target.
         student_temperature: temperature of the student logits in the PixelDINO cross-entropy. The reference
             (khdlr/PixelDINO ``train_dino.py``) feeds raw student logits to ``optax.softmax_cross_entropy``, i.e.
@@ -103,6 +111,8 @@ class TrainConfig:
         export: which model is validated into ``model.safetensors``: ``best`` (higher labelled-region
             validation IoU of teacher and student), ``teacher`` or ``student``; the supervised modes always
             export the student.
+        model_license: licence of the exported model, written into its model card (``model.stac.json``) as an
+            SPDX identifier (``CC-BY-4.0``) or ``other``/``proprietary``.
         target_warp: ``shared`` (the teacher target is warped with the student image's geometric transform) or
             ``independent`` (an ablation: the target gets its own random transform, as the reference code does).
         pseudo_resolution: ``full`` or ``half`` (ablation: pseudo-class logits and targets at half resolution).
@@ -116,6 +126,13 @@ class TrainConfig:
         amp: bf16 autocast (CUDA only; ignored on CPU).
         channels_last: channels-last memory format (CUDA only).
         compile: wrap the student forward in ``torch.compile``.
+        memory_budget_mb: how much of the chip store (in MB of 10^6 bytes, uncompressed) training may hold in
+            memory. When the chips a run reads fit, they are read into memory once at the start; otherwise each
+            chip set that does not fit (labelled training chips, validation chips, unlabelled chips, filled in that
+            order) is streamed from the store batch by batch, so memory use stays flat however large the store.
+            0 streams everything. Where the chips come from never changes the numbers of a run.
+        prefetch_batches: batches of each chip stream read ahead in background threads while the model works
+            (pinned host memory on CUDA); 0 reads every batch when it is needed.
         augment: overrides of the strong augmentation ranges (fields of
             :class:`pixeldino.augment.StrongAugmentConfig`, e.g. ``{"brightness": 0.1, "contrast": 0.1}``, or the
             per-band ``band_gain`` / ``band_offset`` / ``band_gamma``); empty means the paper's ranges.
@@ -138,6 +155,8 @@ class TrainConfig:
     depth: int = field(default=4, metadata={"minimum": 1, "maximum": 6})
     n_pseudo_classes: int = field(default=24, metadata={"minimum": 2})
     norm: Norm = "layer"
+    init_from: str | None = None
+    freeze_encoder_steps: int = field(default=0, metadata={"minimum": 0})
     teacher_temperature: float = field(default=0.5, metadata={"exclusiveMinimum": 0})
     student_temperature: float = field(default=1.0, metadata={"exclusiveMinimum": 0})
     center_momentum: float = field(default=0.996, metadata={"minimum": 0, "maximum": 1})
@@ -161,6 +180,7 @@ class TrainConfig:
         },
     )
     export: Export = "best"
+    model_license: str = field(default="CC-BY-4.0", metadata={"minLength": 1})
     target_warp: TargetWarp = "shared"
     pseudo_resolution: PseudoResolution = "full"
     bn_recalibration_chips: int = field(default=256, metadata={"minimum": 1})
@@ -172,6 +192,8 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    memory_budget_mb: float = field(default=2048, metadata={"minimum": 0})
+    prefetch_batches: int = field(default=4, metadata={"minimum": 0})
     normalisation: dict[str, Any] = field(
         default_factory=lambda: {"method": "logsigmoid"}, metadata=_NORMALISATION_SCHEMA
     )
@@ -195,6 +217,10 @@ class TrainConfig:
             raise TrainingError(f"train.warmup_steps must be at least 0, got {self.warmup_steps}")
         if self.ema_horizon <= 0 or self.ema_min_horizon_steps < 0:
             raise TrainingError("train.ema_horizon must be positive and train.ema_min_horizon_steps at least 0")
+        if self.freeze_encoder_steps < 0:
+            raise TrainingError(f"train.freeze_encoder_steps must be at least 0, got {self.freeze_encoder_steps}")
+        if not self.model_license.strip():
+            raise TrainingError("train.model_license is empty; give an SPDX licence id such as CC-BY-4.0, or other")
         if self.ema_momentum is not None and not 0.0 <= self.ema_momentum <= 1.0:
             raise TrainingError(f"train.ema_momentum must be in [0, 1], got {self.ema_momentum}")
         fixmatch_thresholds(self.fixmatch_threshold)
@@ -282,8 +308,9 @@ class TrainOutputs:
     """Every path a training run writes, chosen by its caller.
 
     Attributes:
-        model: the exported weights (``.safetensors``); its metadata JSON is
-            :func:`pixeldino.modelio.metadata_path` of it.
+        model: the exported weights (``.safetensors``); its metadata JSON and its model card (a STAC item with
+            the MLM extension) are :func:`pixeldino.modelio.metadata_path` and
+            :func:`pixeldino.modelio.model_card_path` of it.
         log_csv: the training log, one row per ``log_every`` steps (``training_log.csv``).
         curves_png: the plot of losses, validation metrics and monitors (``training_curves.png``).
         work_dir: the run's working directory: the checkpoint a run resumes from (``checkpoint/``, swapped in

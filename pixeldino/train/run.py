@@ -20,7 +20,7 @@ def run_train(
     resume: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a model on ``chips`` and export it to ``outputs.model`` (+ its metadata JSON).
+    """Train a model on ``chips`` and export it to ``outputs.model`` (+ its metadata JSON and model card).
 
     ``supervised+aug``, ``fixmatch`` and ``pixeldino`` augment the labelled chips (weak D4 + strong geometric with
     the label warped jointly + photometric); ``supervised`` uses them as they are. The semi-supervised modes
@@ -46,8 +46,10 @@ def run_train(
             inconsistent shapes, or no unlabelled chips for a semi-supervised mode; a checkpoint this run cannot
             continue; or a non-finite loss (the last good checkpoint is kept).
         InputError: ``chips`` is no readable chip store.
+        ModelError: ``params.init_from`` is missing or corrupt, or its bands, normalisation or architecture are
+            not the run's.
     """
     params.check()
     training_chips = load_chips(chips, params, bands)
     training_chips.check(params)
-    return Trainer(training_chips, params, outputs, progress=progress).run(resume)
+    return Trainer(training_chips, params, outputs, progress=progress, data_source=chips).run(resume)

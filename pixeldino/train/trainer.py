@@ -1,13 +1,14 @@
 """One training run: the student (and in the semi-supervised modes its EMA teacher), the optimiser, the two chip
-streams, and the loop that steps, logs, validates, checkpoints and finally exports."""
+streams, and the loop that steps, logs, validates, checkpoints (:mod:`pixeldino.train.resume`) and finally exports
+(:mod:`pixeldino.train.export`)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import time
-from dataclasses import asdict
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,10 +18,26 @@ from pixeldino.augment import decode_label, encode_label, strong_augment, strong
 from pixeldino.errors import TrainingError
 from pixeldino.labels import IGNORE
 from pixeldino.model import UNet, UNetConfig, build_model, resolve_device
-from pixeldino.modelio import save_model
+from pixeldino.normalise import n_aux, with_aux
 from pixeldino.train import checkpoints
 from pixeldino.train.chips import TrainingChips, resolve_normalisation
-from pixeldino.train.data import ChipSource, StreamSampler, autocast, masks_to_device, model_layout
+from pixeldino.train.data import (
+    BatchPrefetcher,
+    ChipSource,
+    StreamSampler,
+    autocast,
+    host_masks,
+    model_layout,
+)
+from pixeldino.train.export import export_model
+from pixeldino.train.finetune import (
+    EncoderFreeze,
+    check_parent,
+    chips_name,
+    load_parent_weights,
+    parent_normalisation,
+    read_parent,
+)
 from pixeldino.train.logs import TrainingLog, is_number, log_columns
 from pixeldino.train.losses import collapse_monitors, distillation_loss, labelled_loss
 from pixeldino.train.params import (
@@ -29,11 +46,10 @@ from pixeldino.train.params import (
     ema_horizon_steps,
     ema_momentum_at,
     fixmatch_thresholds,
-    initial_ema_momentum,
     lr_at,
     strong_augment_config,
-    warmup_steps_of,
 )
+from pixeldino.train.resume import checkpoint_of, resume_from
 from pixeldino.train.validation import (
     Results,
     candidate_summaries,
@@ -43,6 +59,9 @@ from pixeldino.train.validation import (
     validate,
 )
 
+if TYPE_CHECKING:
+    from pixeldino.chipstore import ChipArray
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +69,13 @@ class Trainer:
     """One training run (see :func:`pixeldino.train.run_train`): models, optimiser, samplers and logging state."""
 
     def __init__(
-        self, chips: TrainingChips, config: TrainConfig, outputs: TrainOutputs, *, progress: bool = True
+        self,
+        chips: TrainingChips,
+        config: TrainConfig,
+        outputs: TrainOutputs,
+        *,
+        progress: bool = True,
+        data_source: Any = None,
     ) -> None:
         """Build everything a run needs from checked ``chips`` (:meth:`TrainingChips.check`).
 
@@ -59,9 +84,17 @@ class Trainer:
             config: the run's parameters.
             outputs: where the run writes.
             progress: show a tqdm progress bar with ETA.
+            data_source: what ``chips`` were read from (the chip store's path, or a chip set): named in messages,
+                and its recorded footprint goes into the model card. None: chips in memory.
+
+        Raises:
+            ModelError: ``config.init_from`` is missing, corrupt, or does not fit the chips and the config.
         """
         self.config = config
         self.outputs = outputs
+        self.data_source = data_source
+        # fine-tuning: the parent's metadata decides the normalisation (zscore statistics) before any chip is read
+        self.parent = read_parent(config.init_from) if config.init_from else None
         self.bands = list(chips.bands)
         self.progress = progress
         self.device = resolve_device(config.device, "train.device")
@@ -75,8 +108,18 @@ class Trainer:
 
         unlabelled_images = chips.unlabelled_images if self.semi else None
         train_sets = [chips.labelled_images] + ([unlabelled_images] if unlabelled_images is not None else [])
-        self.spec = resolve_normalisation(dict(config.normalisation), train_sets, len(self.bands))
+        requested = dict(config.normalisation)
+        if self.parent is not None:
+            requested = parent_normalisation(requested, self.parent)
+        # auxiliary layers among the bands (slope...) are decoded and scaled by their own entries of the spec
+        self.spec = resolve_normalisation(with_aux(requested, self.bands), train_sets, len(self.bands))
         self.value_range = (0.0, 1.0) if self.spec["method"] == "logsigmoid" else None
+        self.n_spectral = len(self.bands) - n_aux(self.spec)  # photometric augmentation: reflectance bands only
+        if config.mode != "supervised" and any(e["band"] == "aspect" for e in self.spec.get("aux") or []):
+            raise TrainingError(
+                f"train.mode {config.mode} rotates and flips chips, which changes what an aspect layer means; drop "
+                "aspect from aux.terrain or train with mode: supervised"
+            )
         self.labelled = self._source(chips.labelled_images)
         self.labelled_masks = chips.labelled_masks
         self.unlabelled = self._source(unlabelled_images) if unlabelled_images is not None else None
@@ -87,13 +130,18 @@ class Trainer:
             in_channels=len(self.bands), width=config.width, depth=config.depth,
             n_pseudo_classes=config.n_pseudo_classes, norm=config.norm,
         )  # fmt: skip
+        if self.parent is not None:
+            check_parent(self.parent, bands=self.bands, spec=self.spec, arch=arch, chips=chips_name(data_source))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.student = build_model(arch)
+        if self.parent is not None:  # before the teacher is copied: both start from the parent (a resume overwrites)
+            load_parent_weights(self.parent, self.student)
         self.student.to(self.device)
         if self.channels_last:
             self.student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack it
         self.student.train()
+        self.encoder_freeze = EncoderFreeze(self.student, config.freeze_encoder_steps)
         self.teacher: UNet | None = None
         if self.semi:
             self.teacher = copy.deepcopy(self.student).eval()
@@ -123,6 +171,22 @@ class Trainer:
         self.candidates: dict[str, dict[str, Any]] = {}
         self.sampler_l = StreamSampler(len(self.labelled), [config.seed, 1])
         self.sampler_u = StreamSampler(len(self.unlabelled), [config.seed, 2]) if self.unlabelled is not None else None
+        # chips are read ahead on background threads (streamed from the store or gathered in memory); what is read
+        # is still decided by the samplers at each step, so reading ahead never changes a run's numbers
+        n_streams = 1 + (self.sampler_u is not None)
+        self._pool = (
+            ThreadPoolExecutor(min(4, config.prefetch_batches * n_streams), thread_name_prefix="pixeldino-chips")
+            if config.prefetch_batches > 0
+            else None
+        )
+        self.stream_l: BatchPrefetcher[tuple[torch.Tensor, torch.Tensor]] = BatchPrefetcher(
+            self.sampler_l, config.batch_labelled, self._read_labelled, self._pool, config.prefetch_batches
+        )
+        self.stream_u: BatchPrefetcher[torch.Tensor] | None = None
+        if self.sampler_u is not None and self.unlabelled is not None:
+            self.stream_u = BatchPrefetcher(
+                self.sampler_u, config.batch_unlabelled, self.unlabelled.host, self._pool, config.prefetch_batches
+            )
 
         self.step = 0
         self.elapsed = 0.0
@@ -131,8 +195,29 @@ class Trainer:
         self._reset_accumulators()
         self._bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
 
-    def _source(self, images: np.ndarray) -> ChipSource:
+    def _source(self, images: ChipArray) -> ChipSource:
+        """The chips ``images`` as the trainer reads them: normalised by its spec, on its device."""
         return ChipSource(images, self.spec, self.device, self.channels_last)
+
+    def _read_labelled(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Host tensors of the labelled chips ``index`` and their masks (runs on the reading threads)."""
+        return self.labelled.host(index), host_masks(self.labelled_masks, index, self.device)
+
+    @property
+    def data_wait_seconds(self) -> float:
+        """Seconds the steps so far (of this process) waited for chips: the part of training the data path costs."""
+        return self.stream_l.wait_seconds + (self.stream_u.wait_seconds if self.stream_u is not None else 0.0)
+
+    def close_streams(self) -> None:
+        """Stop reading ahead and end the reading threads; later batches are read when asked for."""
+        for stream in (self.stream_l, self.stream_u):
+            if stream is not None:
+                stream.reset()
+                stream.pool = None
+                stream.depth = 0
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     # ---- the models that are validated and exported --------------------------------------------------------
     def eval_models(self) -> dict[str, UNet]:
@@ -158,10 +243,12 @@ class Trainer:
 
     # ---- one optimisation step ------------------------------------------------------------------------------
     def _reset_accumulators(self) -> None:
+        """Start the means of the next log row."""
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
 
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add one step's loss terms to the means of the next log row (on the device: no sync)."""
         for k, v in terms.items():
             v = v.detach().float()
             self._sums[k] = self._sums[k] + v if k in self._sums else v
@@ -170,13 +257,13 @@ class Trainer:
     def labelled_batch(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The next labelled batch from its own stream: ``(chip index, image, label, known)``, augmented unless
         the mode is ``supervised``."""
-        idx_l = self.sampler_l.next(self.config.batch_labelled)
-        x_l = self.labelled.batch(idx_l)
-        y_l = masks_to_device(self.labelled_masks, idx_l, self.device)
+        idx_l, (host_x, host_y) = self.stream_l.next()
+        x_l = self.labelled.to_device(host_x)
+        y_l = host_y.to(self.device, non_blocking=True)
         if not self.augment_labelled:
             return idx_l, x_l, (y_l == 1).float(), y_l != IGNORE
         x_l, y_l = weak_augment(x_l, y_l, generator=self.gen_l)
-        res_l = strong_augment(x_l, encode_label(y_l), self.gen_l, self.aug_config, self.value_range)
+        res_l = strong_augment(x_l, encode_label(y_l), self.gen_l, self.aug_config, self.value_range, self.n_spectral)
         assert res_l.target is not None  # a target went in, so one comes out
         label, known = decode_label(res_l.target, res_l.valid)
         return idx_l, res_l.image, label, known
@@ -186,19 +273,19 @@ class Trainer:
         shared`` warps both with one transform; ``independent`` (ablation) gives the target its own."""
         g = self.gen_u
         if self.config.target_warp == "shared":
-            res = strong_augment(v1, target, g, self.aug_config, self.value_range)
+            res = strong_augment(v1, target, g, self.aug_config, self.value_range, self.n_spectral)
             assert res.target is not None
             return res.image, res.target, res.valid
-        res = strong_augment(v1, None, g, self.aug_config, self.value_range)
+        res = strong_augment(v1, None, g, self.aug_config, self.value_range, self.n_spectral)
         warped = strong_geometric(target, None, g, self.aug_config)
         return res.image, warped.image, res.valid & warped.valid
 
     def _unlabelled_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The unlabelled term of the loss (PixelDINO or FixMatchSeg) on the next unlabelled batch."""
         cfg = self.config
-        assert self.unlabelled is not None and self.sampler_u is not None and self.teacher is not None
+        assert self.unlabelled is not None and self.stream_u is not None and self.teacher is not None
         stride = self.pseudo_stride
-        x_u = self.unlabelled.batch(self.sampler_u.next(cfg.batch_unlabelled))
+        x_u = self.unlabelled.to_device(self.stream_u.next()[1])
         (v1,) = weak_augment(x_u, generator=self.gen_u)
         with torch.no_grad(), autocast(self.device, self.amp):
             t_rts, t_pseudo = self.teacher(model_layout(v1, self.channels_last), pseudo_stride=stride)
@@ -233,6 +320,7 @@ class Trainer:
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.encoder_freeze.update(step)
 
         _, x_l, label, known = self.labelled_batch()
         terms: dict[str, torch.Tensor] = {}
@@ -317,31 +405,7 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         """Write the checkpoint of the current step (see :mod:`pixeldino.train.checkpoints`)."""
-        state = {
-            "step": self.step,
-            "elapsed_seconds": self.elapsed,
-            "mode": self.config.mode,
-            "config": asdict(self.config),
-            "normalisation": self.spec,
-            "tensors": "state.safetensors (center, aug_generator_labelled, aug_generator_unlabelled)",
-            "samplers": {
-                "labelled": self.sampler_l.state(),
-                "unlabelled": self.sampler_u.state() if self.sampler_u is not None else None,
-            },
-        }
-        tensors = {
-            "center": self.center.detach().cpu().contiguous(),
-            "aug_generator_labelled": self.gen_l.get_state().contiguous(),
-            "aug_generator_unlabelled": self.gen_u.get_state().contiguous(),
-        }
-        checkpoint = checkpoints.Checkpoint(
-            student=checkpoints.on_cpu(self.student.state_dict()),
-            teacher=checkpoints.on_cpu((self.teacher or self.student).state_dict()),
-            optimizer=checkpoints.flatten_optimizer(self.optimizer),
-            tensors=tensors,
-            state=state,
-        )
-        checkpoints.write_checkpoint(self.outputs.checkpoint_dir, checkpoint)
+        checkpoints.write_checkpoint(self.outputs.checkpoint_dir, checkpoint_of(self))
         self.last_checkpoint_step = self.step
 
     def load_checkpoint(self) -> bool:
@@ -349,19 +413,7 @@ class Trainer:
         checkpoint = checkpoints.read_checkpoint(self.outputs.checkpoint_dir, self.config, self.spec)
         if checkpoint is None:
             return False
-        state, tensors = checkpoint.state, checkpoint.tensors
-        self.student.load_state_dict(checkpoint.student)
-        if self.teacher is not None:
-            self.teacher.load_state_dict(checkpoint.teacher)
-        checkpoints.unflatten_optimizer(self.optimizer, checkpoint.optimizer)
-        self.center.copy_(tensors["center"].to(self.device))
-        self.gen_l.set_state(tensors["aug_generator_labelled"])
-        self.gen_u.set_state(tensors["aug_generator_unlabelled"])
-        self.sampler_l.set_state(state["samplers"]["labelled"])
-        if self.sampler_u is not None:
-            self.sampler_u.set_state(state["samplers"]["unlabelled"])
-        self.step = int(state["step"])
-        self.elapsed = float(state["elapsed_seconds"])
+        resume_from(self, checkpoint)
         self.last_checkpoint_step = self.step
         return True
 
@@ -383,6 +435,7 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.mode}", unit="step", dynamic_ncols=True)
         sync_each_step = self.device.type == "cpu"  # free on CPU: names the exact diverging step before any damage
+        t_run = time.perf_counter()
         try:
             t0 = time.perf_counter()
             while self.step < cfg.steps:
@@ -413,43 +466,18 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.log.close()
+            self.close_streams()
+        log.info(
+            "waited %.1f s for chips in %.1f s of training in this process",
+            self.data_wait_seconds, time.perf_counter() - t_run,
+        )  # fmt: skip
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Final validation, threshold calibration, export of the model, curves; returns the final metrics."""
-        cfg = self.config
+        """Final validation, threshold calibration, export of the model and its model card, curves; returns the
+        final metrics."""
         models = self.eval_models()
         results = self.validate(models)
         self.final_models = models
         self.candidates = candidate_summaries(results, list(models))
-        exported = self.choose_export(results)
-        chosen = self.candidates[exported]
-        metrics: dict[str, Any] = {
-            "step": self.step,
-            "mode": cfg.mode,
-            "exported": exported,
-            "export_policy": cfg.export if self.teacher is not None else "student",
-            "val": chosen["val"],
-            "threshold": chosen["threshold"],
-            "val_at_threshold": chosen["val_at_threshold"],
-            "candidates": self.candidates,
-            "history": self.log.summary(self.elapsed),
-            "schedules": {
-                "warmup_steps": warmup_steps_of(cfg),
-                "ema_initial_momentum": initial_ema_momentum(cfg) if self.semi else None,
-                "ema_initial_horizon_steps": ema_horizon_steps(initial_ema_momentum(cfg)) if self.semi else None,
-            },
-        }
-        metadata = {
-            "bands": self.bands,
-            "normalisation": self.spec,
-            "chip_size": self.chip_size,
-            "threshold": chosen["threshold"],
-            "mode": cfg.mode,
-            "training": asdict(cfg),
-            "metrics": metrics,
-        }
-        save_model(self.outputs.model, models[exported], metadata)
-        if self.log.history:
-            self.log.plot(self.outputs.curves_png, cfg.mode)
-        return metrics
+        return export_model(self, self.choose_export(results))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,12 +20,15 @@ from pixeldino.metrics import THRESHOLDS, calibrate_threshold, confusion_metrics
 from pixeldino.model import UNet
 from pixeldino.train.data import ChipSource, autocast, masks_to_device
 
+if TYPE_CHECKING:
+    from pixeldino.chipstore import ChipArray
+
 #: Per validated model (``student``, ``teacher``): the metrics at p = 0.5 and the TP/FP/FN counts per threshold.
 Results = dict[str, tuple[dict[str, float | None], np.ndarray]]
 
 
 @torch.no_grad()
-def threshold_counts(model: UNet, source: ChipSource, masks: np.ndarray, batch_size: int, amp: bool) -> np.ndarray:
+def threshold_counts(model: UNet, source: ChipSource, masks: ChipArray, batch_size: int, amp: bool) -> np.ndarray:
     """``(len(THRESHOLDS), 3)`` array of TP, FP, FN for every candidate threshold (prediction: ``p >= t``)."""
     thresholds = torch.tensor(THRESHOLDS, device=source.device)
     n_t = len(THRESHOLDS)
@@ -58,7 +61,7 @@ def threshold_counts(model: UNet, source: ChipSource, masks: np.ndarray, batch_s
     return counts
 
 
-def validate(models: dict[str, UNet], source: ChipSource, masks: np.ndarray, batch_size: int, amp: bool) -> Results:
+def validate(models: dict[str, UNet], source: ChipSource, masks: ChipArray, batch_size: int, amp: bool) -> Results:
     """The metrics at p = 0.5 and all threshold counts of every model on the validation chips."""
     results: Results = {}
     for name, model in models.items():

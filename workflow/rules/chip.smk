@@ -7,7 +7,7 @@ rule chip:
         chips=keep_or_temp(directory(f"{RESULTS}/chips/chips.zarr"), "chips"),
         stats=f"{RESULTS}/chips/stats.json",
     params:
-        bands=config["bands"],
+        bands=INPUT_BANDS,  # config bands + auxiliary layers (common.smk)
         labels=config["labels"],
         chips=config["chips"],
     log:

@@ -12,6 +12,14 @@ except ConfigError as exc:
     # one clear line instead of a traceback through Snakemake's parser
     sys.exit(f"error: {exc}")
 
+from pixeldino.auxlayers import input_bands
+
+try:
+    # the model's input bands: the config's bands, then the auxiliary layers aux: enables (chip and train read them)
+    INPUT_BANDS = input_bands(config["bands"], config["aux"])
+except ConfigError as exc:
+    sys.exit(f"error: config: {exc}")
+
 
 RESULTS = f"results/{config['run']}"
 LOGS = f"{RESULTS}/logs"

@@ -19,6 +19,7 @@ rule fetch_scene:
         # jobs run) and fetch.composite (a later target) are left out, and the AOI only matters when clipping
         fetch={k: v for k, v in config["fetch"].items() if k not in ("local", "composite")},
         aoi=config["search"]["aoi"] if config["fetch"]["clip_to_aoi"] else None,
+        aux=config["aux"],  # auxiliary layers (DEM derivatives, indices) appended to the scene
     log:
         f"{LOGS}/fetch_scene/{{scene}}.log",
     benchmark:

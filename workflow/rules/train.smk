@@ -1,11 +1,16 @@
+from pixeldino.modelio import model_card_path
+
 if not TRAIN_MODEL:
 
     rule train:
         input:
             chips=f"{RESULTS}/chips/chips.zarr",
+            # fine-tuning: the model training starts from (train.init_from), so a new parent retrains
+            init_from=config["train"]["init_from"] or [],
         output:
             model=f"{RESULTS}/model/model.safetensors",
             metadata=f"{RESULTS}/model/model.json",
+            card=str(model_card_path(f"{RESULTS}/model/model.safetensors")),
             log_csv=f"{RESULTS}/model/training_log.csv",
             curves=report(
                 f"{RESULTS}/model/training_curves.png",
@@ -14,7 +19,7 @@ if not TRAIN_MODEL:
             ),
         params:
             train=config["train"],
-            bands=config["bands"],
+            bands=INPUT_BANDS,  # config bands + auxiliary layers (common.smk)
             # the checkpoint (checkpoint/) and TensorBoard log (tensorboard/) go beside the model, where earlier
             # versions kept them, so an interrupted run resumes
             work_dir=lambda wildcards, output: Path(output.model).parent,

@@ -1,7 +1,8 @@
 """Snakemake script: the STAC catalog of the run's outputs, validated offline once written."""
 
-from pixeldino.catalog import build_catalog, validate_catalog
+from pixeldino.catalog import build_catalog
 from pixeldino.runner import snakemake_stage
+from pixeldino.stac_checks import validate_catalog
 
 
 def main() -> None:
@@ -16,6 +17,7 @@ def main() -> None:
         polygons=list(i.polygons),
         merged={"gpkg": i.merged_gpkg, "parquet": i.merged_parquet},
         change=snakemake.params.change,
+        model_card=i.model_card if isinstance(i.model_card, str) else None,  # [] when the model has no card
     )
     validate_catalog(f"{out}/catalog.json")
 

@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
+from pixeldino.auxlayers import AuxParams
 from pixeldino.fetch import FetchParams, run_fetch
+from pixeldino.params import from_config
 from pixeldino.runner import snakemake_stage
 
 
@@ -18,6 +20,7 @@ def main() -> None:
         aoi=snakemake.params.aoi,
         overwrite=True,  # Snakemake decided this output is missing or stale
         threads=snakemake.threads,
+        aux=from_config(AuxParams, snakemake.params.aux, source="config aux"),
     )
 
 
