@@ -55,6 +55,8 @@ def told(stderr: str) -> list[str]:
 
 
 WAIT_S = 120.0
+#: the longest an interrupted verb may take to clean up and end, on a busy 2-core machine
+CLEANUP_S = 30.0
 WORKERS = 2
 
 
@@ -66,6 +68,7 @@ class Outcome:
     stderr: str
     seen: list[str]  # the output folder when the signal was sent
     left: list[str]  # the output folder afterwards (after the rerun for SIGKILL)
+    ended_in: float  # seconds from the signal to the end of the process
     rerun_returncode: int | None = None
     rerun_stderr: str = ""
 
@@ -90,7 +93,8 @@ def pixeldino(args: list[str | Path]) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # the watchdog that ends a hanging cleanup waits longer than CLEANUP_S: a hang fails the test
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PIXELDINO_INTERRUPT_GRACE_S": "100"},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
@@ -116,11 +120,13 @@ def run_scenario(scenario: Scenario, sig: signal.Signals, inputs: dict[str, Path
                 raise AssertionError(f"{scenario.verb} did not start writing within {WAIT_S} s")
             time.sleep(0.005)
         proc.send_signal(sig)
+        sent = time.monotonic()
         _, stderr = proc.communicate(timeout=WAIT_S)
+        ended_in = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
-    outcome = Outcome(proc.returncode, stderr, seen, listing(out))
+    outcome = Outcome(proc.returncode, stderr, seen, listing(out), ended_in)
     if sig == signal.SIGKILL:
         rerun = subprocess.run(
             [sys.executable, "-m", "pixeldino", *map(str, args)], capture_output=True, text=True, timeout=WAIT_S
@@ -282,6 +288,7 @@ def test_signal_ends_the_verb_in_one_line_and_leaves_nothing(
     result = outcomes[_case_id(case)].result()
     out = inputs["manifest"].parent.parent / "outputs" / _case_id(case)
     assert result.returncode == 128 + sig, result.stderr  # 130 for SIGINT, 143 for SIGTERM
+    assert result.ended_in < CLEANUP_S, result.ended_in  # a clean end, not the watchdog's
     assert "Traceback" not in result.stderr, result.stderr
     lines = told(result.stderr)
     if verb == "train":
