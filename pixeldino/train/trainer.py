@@ -191,7 +191,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.last_checkpoint_step: int | None = None
-        self.log = TrainingLog(outputs.log_csv, log_columns(config))
+        self.log = TrainingLog(outputs.log_in_progress, log_columns(config), final=outputs.log_csv)
         self._reset_accumulators()
         self._bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
 
