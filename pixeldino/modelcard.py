@@ -38,8 +38,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import rasterio
-import rasterio.errors
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 from shapely.ops import unary_union
@@ -48,6 +46,7 @@ from pixeldino import __version__
 from pixeldino.errors import InputError, ModelError
 from pixeldino.io import read_json, write_json
 from pixeldino.modelio import load_model, metadata_path, model_card_path, model_id, read_metadata, weights_file
+from pixeldino.rasters import open_raster
 from pixeldino.stac_checks import MLM, check_extension_fields
 
 if TYPE_CHECKING:
@@ -98,14 +97,9 @@ def training_footprint(scenes: Sequence[str | os.PathLike[str]]) -> dict[str, An
     paths = list(dict.fromkeys(Path(s) for s in scenes))
     boxes, dates = [], []
     for path in paths:
-        try:
-            with rasterio.open(path) as src:
-                if src.crs is None:
-                    raise InputError(f"{path}: scene has no CRS; fetch it again with pixeldino")
-                # densified, so the EPSG:4326 box contains the whole (curved) outline of a UTM scene
-                boxes.append(box(*transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)))
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"{path}: cannot read the scene ({exc}); fetch it again") from None
+        with open_raster(path, "scene", "fetch it again with pixeldino") as src:
+            # densified, so the EPSG:4326 box contains the whole (curved) outline of a UTM scene
+            boxes.append(box(*transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)))
         when = _scene_date(path)
         if when is not None:
             dates.append(when)
