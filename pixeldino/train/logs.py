@@ -77,10 +77,12 @@ class TrainingLog:
                     writer.writerow(row)
 
     def publish(self) -> None:
-        """Copy the log to its final path, atomically (the run is complete)."""
+        """Move the log to its final path, atomically (the run is complete; extending it later restores from
+        there)."""
         if self.final is not None and self.path.exists():
             with atomic_output(self.final) as tmp:
                 shutil.copyfile(self.path, tmp)
+            self.path.unlink()
 
     def open_tensorboard(self, log_dir: Path, step: int) -> None:
         """Start (or continue after ``step``) the TensorBoard event log in ``log_dir``, if tensorboard imports."""
