@@ -56,6 +56,20 @@ def _input_bands(value: str) -> list[str]:
         raise ConfigError(f"--bands {value}: {exc}") from None
 
 
+class _OutputPath(argparse.Action):
+    """Stores the option's value and records it among the paths the verb writes: an interrupted verb names them."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.outputs = [*getattr(namespace, "outputs", []), values]
+
+
 _BANDS_HELP = "comma-separated band ids (e.g. B02,B03,B04 or blue,green,red)"
 _INPUT_BANDS_HELP = (
     f"{_BANDS_HELP}, then the auxiliary layers the scenes were fetched with (--aux-*), e.g. "
@@ -84,7 +98,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     add_dataclass_options(p, StacParams)
     add_dataclass_options(p, SearchParams, exclude=("manifest",))
     _bands_option(p)
-    p.add_argument("--out", required=True, help="manifest JSON to write")
+    p.add_argument("--out", action=_OutputPath, required=True, help="manifest JSON to write")
 
 
 def _fetch_options(p: argparse.ArgumentParser) -> None:
@@ -98,7 +112,9 @@ def _fetch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aoi", help="clip to this area of interest (vector file or 'W,S,E,N')")
     add_dataclass_options(p, FetchParams, exclude=("clip_to_aoi", "local"))
     add_dataclass_options(p, AuxParams, prefix="aux-")  # auxiliary layers: --aux-dem, --aux-dem-file, ...
-    p.add_argument("--out-dir", required=True, help="scene COGs go here (composites in OUT_DIR/composites/)")
+    p.add_argument(
+        "--out-dir", action=_OutputPath, required=True, help="scene COGs go here (composites in OUT_DIR/composites/)"
+    )
     p.add_argument("--overwrite", action="store_true", help="fetch again even scenes that are complete")
 
 
@@ -113,7 +129,7 @@ def _chip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", help="part of the footprint kept for validation")
     p.add_argument("--unlabelled-scenes", nargs="*", help="scenes for unlabelled chips (default: --scenes)")
     add_dataclass_options(p, ChipParams, aliases={"size": ("--chip-size",)})
-    p.add_argument("--out", required=True, help="zarr store to write")
+    p.add_argument("--out", action=_OutputPath, required=True, help="zarr store to write")
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
@@ -124,6 +140,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chips", required=True, help="chip store (zarr)")
     p.add_argument(
         "--out-dir",
+        action=_OutputPath,
         required=True,
         help="model.safetensors, model.json, training_log.csv, training_curves.png and the checkpoint go here",
     )
@@ -148,8 +165,10 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("scene", help="scene COG (uint16, band descriptions = band ids)")
     p.add_argument("--model", required=True, help="model .safetensors (with its .json)")
-    p.add_argument("--out", required=True, help="probability COG to write (uint8, p x 254, nodata 255)")
-    p.add_argument("--pseudo-out", help="also write the pseudo-class QA map here")
+    p.add_argument(
+        "--out", action=_OutputPath, required=True, help="probability COG to write (uint8, p x 254, nodata 255)"
+    )
+    p.add_argument("--pseudo-out", action=_OutputPath, help="also write the pseudo-class QA map here")
     p.add_argument(
         "--quality-mask",
         help="uint8 quality mask on the scene grid (default: the one `pixeldino fetch` wrote beside the scene, if any)",
@@ -164,7 +183,7 @@ def _polygonize_options(p: argparse.ArgumentParser) -> None:
     from pixeldino.quality import WaterParams
 
     p.add_argument("prob")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", action=_OutputPath, required=True)
     p.add_argument("--quality-mask", help="the scene's quality mask: per-class fractions per polygon")
     add_dataclass_options(p, PolygonizeParams, aliases={"min_area_m2": ("--min-area",)})
     add_dataclass_options(p, WaterParams, prefix="water-", aliases={"file": ("--permanent-water",)})
@@ -176,8 +195,8 @@ def _merge_options(p: argparse.ArgumentParser) -> None:
 
     # '*', not '+': no input is refused by run_merge in one `error:` line like every other bad input
     p.add_argument("inputs", nargs="*", help="per-scene GeoPackages")
-    p.add_argument("--out", required=True)
-    p.add_argument("--parquet", help="also write GeoParquet here")
+    p.add_argument("--out", action=_OutputPath, required=True)
+    p.add_argument("--parquet", action=_OutputPath, help="also write GeoParquet here")
     add_dataclass_options(p, MergeParams)
 
 
@@ -186,7 +205,7 @@ def _coregister_options(p: argparse.ArgumentParser) -> None:
     from pixeldino.change import ChangeParams
 
     p.add_argument("scenes", nargs="+", help="fetched scene COGs of one MGRS tile, any years")
-    p.add_argument("--out", required=True, help="per-tile co-registration JSON to write")
+    p.add_argument("--out", action=_OutputPath, required=True, help="per-tile co-registration JSON to write")
     add_dataclass_options(
         p, ChangeParams, include=("coregistration_band",), aliases={"coregistration_band": ("--band",)}
     )
@@ -198,13 +217,17 @@ def _change_options(p: argparse.ArgumentParser) -> None:
     from pixeldino.merge import MergeParams
 
     p.add_argument("inputs", nargs="+", help="per-scene GeoPackages of all years")
-    p.add_argument("--out", required=True, help="GeoPackage: layers rts_<year>, rts_tracks, rts_track_links")
+    p.add_argument(
+        "--out", action=_OutputPath, required=True, help="GeoPackage: layers rts_<year>, rts_tracks, rts_track_links"
+    )
     p.add_argument("--years", type=int, nargs="*", help="years to map (default: those found)")
     p.add_argument("--coregistration", nargs="*", default=[], help="per-tile JSON from `pixeldino coregister`")
-    p.add_argument("--tracks-parquet", help="also write the tracks as GeoParquet")
-    p.add_argument("--years-parquet", help="also write all year layers as one GeoParquet (column year)")
-    p.add_argument("--change-png", help="change map PNG")
-    p.add_argument("--growth-png", help="growth distribution PNG")
+    p.add_argument("--tracks-parquet", action=_OutputPath, help="also write the tracks as GeoParquet")
+    p.add_argument(
+        "--years-parquet", action=_OutputPath, help="also write all year layers as one GeoParquet (column year)"
+    )
+    p.add_argument("--change-png", action=_OutputPath, help="change map PNG")
+    p.add_argument("--growth-png", action=_OutputPath, help="growth distribution PNG")
     add_dataclass_options(p, ChangeParams, exclude=("coregistration_band",))
     add_dataclass_options(
         p,
@@ -216,7 +239,7 @@ def _change_options(p: argparse.ArgumentParser) -> None:
 
 def _catalog_options(p: argparse.ArgumentParser) -> None:
     """Options of ``pixeldino catalog``."""
-    p.add_argument("--out", help="catalog folder to write (catalog.json inside)")
+    p.add_argument("--out", action=_OutputPath, help="catalog folder to write (catalog.json inside)")
     p.add_argument("--run", help="run name: collection pixeldino-<run>")
     p.add_argument("--sidecars", nargs="*", help="scene JSON sidecars from fetch, one per scene")
     p.add_argument("--probabilities", nargs="*", help="probability COGs, in the order of --sidecars")
@@ -245,8 +268,8 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="scene COG for the quicklook background")
     p.add_argument("--site", default="site")
     p.add_argument("--threshold", type=float)
-    p.add_argument("--quicklook", help="PNG to write")
-    p.add_argument("--out", required=True, help="metrics JSON")
+    p.add_argument("--quicklook", action=_OutputPath, help="PNG to write")
+    p.add_argument("--out", action=_OutputPath, required=True, help="metrics JSON")
 
 
 def _config_options(p: argparse.ArgumentParser) -> None:
@@ -366,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except PixeldinoError as exc:  # an option's value refused while parsing (e.g. an unknown band in --bands)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    run_stage(args.verb, lambda: args.func(args), [args.log] if args.log else None)
+    run_stage(
+        args.verb, lambda: args.func(args), [args.log] if args.log else None, outputs=getattr(args, "outputs", None)
+    )
     return 0
 
 

@@ -58,38 +58,6 @@ def setup_logging(log_file: str | os.PathLike[str] | None = None, verbose: bool 
 
 #: The signals that end a stage cleanly.
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: The options of each ``pixeldino`` verb that name its outputs (see pixeldino/cli.py): what an interruption of the
-#: command names when no output was being written yet.
-CLI_OUTPUT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "search": ("--out",),
-    "fetch": ("--out-dir",),
-    "chip": ("--out",),
-    "train": ("--out-dir",),
-    "predict": ("--out", "--pseudo-out"),
-    "polygonize": ("--out",),
-    "merge": ("--out", "--parquet"),
-    "coregister": ("--out",),
-    "change": ("--out", "--tracks-parquet", "--years-parquet", "--change-png", "--growth-png"),
-    "catalog": ("--out",),
-    "evaluate": ("--out", "--quicklook"),
-}
-
-
-def outputs_from_argv(argv: Sequence[str], verb: str) -> list[str]:
-    """The values of ``verb``'s output options (:data:`CLI_OUTPUT_OPTIONS`) in a ``pixeldino`` command line."""
-    options = CLI_OUTPUT_OPTIONS.get(verb, ())
-    found: list[str] = []
-    for i, arg in enumerate(argv):
-        name, eq, value = arg.partition("=")
-        if name not in options:
-            continue
-        if eq:
-            found.append(value)
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            found.append(argv[i + 1])
-    return found
-
-
 #: Seconds an interrupted stage may spend cleaning up before it ends anyway (environment variable
 #: PIXELDINO_INTERRUPT_GRACE_S): third-party code cut short by the signal (a writer thread's queue, a progress bar)
 #: can wait forever, and SLURM sends SIGKILL 30 s after its SIGTERM by default.
@@ -212,14 +180,14 @@ def run_stage(
 
     SIGINT and SIGTERM end it with ``interrupted; nothing written to <outputs>`` and status 130 / 143, after every
     temporary was removed (see module docs). The outputs named are those being written when the signal came
-    (:attr:`pixeldino.io.Interrupted.outputs`), else ``outputs``, else the verb's output options on the command
+    (:attr:`pixeldino.io.Interrupted.outputs`), else ``outputs`` (the CLI passes its output options), else the verb's
     line (``name`` is the verb when the CLI calls).
     Other exceptions are bugs: they propagate with their traceback (which also goes to the log file).
     """
     setup_logging(log_files[0] if log_files else None)
     started = time.perf_counter()
     log.info("%s: started", name)
-    declared = [str(p) for p in outputs or []] or outputs_from_argv(sys.argv, name)
+    declared = [str(p) for p in outputs or []]
     state: Interruption | None = None
     try:
         with interruptible(lambda signum, written: interrupted_message(written, declared)) as state:

@@ -317,7 +317,10 @@ def test_checkpoint_swap_after_a_kill_between_the_renames_keeps_the_old_one(tmp_
 
 
 def test_outputs_are_read_from_the_command_line() -> None:
-    from pixeldino.runner import outputs_from_argv
+    from pixeldino.cli import build_parser
+
+    def outputs_from_argv(argv: list[str], verb: str) -> list[str]:
+        return getattr(build_parser(only=verb).parse_args(argv), "outputs", [])
 
     argv = ["predict", "s.tif", "--model", "m.safetensors", "--out", "p.tif", "--pseudo-out=c.tif", "--threads", "1"]
     assert outputs_from_argv(argv, "predict") == ["p.tif", "c.tif"]
