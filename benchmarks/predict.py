@@ -6,7 +6,7 @@ UNet of ``--width`` (the model's default norm unless ``--norm``), then runs each
 process so that peak RSS is that run's alone::
 
     python benchmarks/predict.py --size 2745 --backends torch openvino
-    python benchmarks/predict.py --size 5490 --backends torch onnxruntime openvino --inmemory
+    python benchmarks/predict.py --size 5490 --backends torch onnxruntime openvino --inmemory --repeats 3
     python benchmarks/predict.py --size 10980 --backends openvino --forward-batches 4
     python benchmarks/predict.py --size 2745 --device cuda --batch-size 32 --backends torch
 
@@ -21,9 +21,11 @@ Prints one JSON line per measurement and a final summary line per engine:
   the model actually ran (all-nodata patches are skipped; a patch straddling a chunk border is run once);
 * ``inmemory`` (with ``--inmemory``): the peers' approach with their engine, eager PyTorch: the whole scene read
   into RAM, every patch cut into one array up front, whole-scene float accumulators;
-* ``summary``: ``ratio`` = (distinct patches / predict wall time) / raw forward patches per second (the faster
-  of a forward run before and one after the scene run); ``ratio_cpu_time`` the same with process CPU time, which
-  is less sensitive to other load on a shared machine; ``speedup_vs_inmemory`` and ``rss_inmemory_vs_predict``.
+* ``summary``: ``ratio`` = (distinct patches / predict wall time) / raw forward patches per second (the mean of
+  the forward runs right before and right after that scene run; with ``--repeats N`` the runs alternate
+  forward, scene, forward, ... and the median ratio and its range are reported); ``ratio_cpu_time`` the same
+  with process CPU time, which is less sensitive to other load on a shared machine; ``speedup_vs_inmemory``
+  (median peer wall time / median scene wall time) and ``rss_inmemory_vs_predict``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,6 +92,15 @@ def save_random_model(path: Path, n_bands: int, width: int, patch: int, norm: st
     torch.manual_seed(0)
     model = build_model(UNetConfig(in_channels=n_bands, width=width, **({"norm": norm} if norm else {})))
     save_model(path, model, {"bands": BANDS[:n_bands], "normalisation": {"method": "logsigmoid"}, "chip_size": patch})
+
+
+def cpu_name() -> str:
+    """The CPU's model name and core count, for the record."""
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else 'unknown CPU'} x {os.cpu_count()}"
 
 
 def grid_patches(size: int, patch: int, stride: int) -> int:
@@ -282,7 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bands", type=int, default=7)
     p.add_argument("--width", type=int, default=16, help="UNet width")
     p.add_argument("--norm", help="UNet norm (default: the model's default)")
-    p.add_argument("--backends", nargs="+", default=["torch"], help="engines to measure, each side by side")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch"],
+        help="engines to measure, each side by side; ENGINE:PRECISION (openvino:bfloat16) overrides --precision",
+    )
     p.add_argument("--pseudo", action="store_true", help="also write the pseudo-class map (as the workflow does)")
     p.add_argument("--precision", default="auto", help="predict.precision of the engines (auto, float32, bfloat16)")
     p.add_argument("--patch-size", type=int, default=256)
@@ -293,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--forward-batches", type=int, default=8, help="timed batches of the raw forward measurement")
     p.add_argument("--inmemory", action="store_true", help="also run the naive whole-scene-in-RAM peer")
+    p.add_argument("--repeats", type=int, default=1, help="scene runs per engine (and of the peer); medians count")
     p.add_argument("--workdir", type=Path, help="keep the scene, model and outputs here (default: a temp dir)")
     p.add_argument("--child", choices=["predict", "forward", "inmemory"], help=argparse.SUPPRESS)
     p.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
@@ -313,43 +331,59 @@ def main(argv: list[str] | None = None) -> None:
         if not scene.exists():
             synthesise_scene(scene, a.size, a.bands)
         save_random_model(model, a.bands, a.width, a.patch_size, a.norm)
-        naive = None
-        if a.inmemory:
-            naive = _run_child("inmemory", a, scene=scene, model=model, out=work / "prob_inmemory.tif")
-            print(json.dumps(naive), flush=True)
-        for backend in a.backends:
-            # The raw forward is measured before and after the scene run and the faster one is kept: on a shared
-            # machine this makes the ratio conservative rather than flattering.
-            before = _run_child("forward", a, backend, model=model)
-            pred = _run_child("predict", a, backend, scene=scene, model=model, out=work / "prob.tif")
-            after = _run_child("forward", a, backend, model=model)
-            for r in (before, pred, after):
-                print(json.dumps(r), flush=True)
-            fwd = max(before, after, key=lambda r: r["patches_per_s"])
+        naives = []
+        for _ in range(a.repeats if a.inmemory else 0):
+            naives.append(_run_child("inmemory", a, scene=scene, model=model, out=work / "prob_inmemory.tif"))
+            print(json.dumps(naives[-1]), flush=True)
+        for spec in a.backends:
+            backend, _, precision = spec.partition(":")
+            b = argparse.Namespace(**{**vars(a), "precision": precision or a.precision})
+            # Forward, scene, forward, scene, ..., forward: each scene run is compared with the raw forward runs
+            # right before and after it (their mean), so that slow phases of a shared machine hit both sides.
+            forwards = [_run_child("forward", b, backend, model=model)]
+            print(json.dumps(forwards[-1]), flush=True)
+            preds = []
+            for _ in range(a.repeats):
+                preds.append(_run_child("predict", b, backend, scene=scene, model=model, out=work / "prob.tif"))
+                forwards.append(_run_child("forward", b, backend, model=model))
+                for r in preds[-1], forwards[-1]:
+                    print(json.dumps(r), flush=True)
+            ratios, ratios_cpu = [], []
+            for i, pred in enumerate(preds):
+                around = forwards[i : i + 2]
+                ratios.append(pred["patches_per_s"] / statistics.mean(f["patches_per_s"] for f in around))
+                ratios_cpu.append(pred["patches_per_cpu_s"] / statistics.mean(f["patches_per_cpu_s"] for f in around))
+            pred = sorted(preds, key=lambda r: r["wall_s"])[len(preds) // 2]  # the median run (upper for even n)
             summary = {
                 "mode": "summary",
                 "backend": backend,
-                "precision": a.precision,
+                "precision": b.precision,
                 "size": a.size,
                 "bands": a.bands,
                 "patch_size": a.patch_size,
                 "batch_size": a.batch_size,
                 "threads": a.threads,
                 "device": a.device,
-                "forward_patches_per_s": fwd["patches_per_s"],
+                "repeats": a.repeats,
+                "forward_patches_per_s": round(statistics.median(f["patches_per_s"] for f in forwards), 2),
                 "predict_patches_per_s": pred["patches_per_s"],
-                "ratio": round(pred["patches_per_s"] / fwd["patches_per_s"], 3),
-                "ratio_cpu_time": round(
-                    pred["patches_per_cpu_s"] / max(before["patches_per_cpu_s"], after["patches_per_cpu_s"]), 3
-                ),
-                "redundant_forward_share": round(pred["forwarded"] / pred["patches"] - 1, 3),
+                "ratio": round(statistics.median(ratios), 3),
+                "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                "ratio_cpu_time": round(statistics.median(ratios_cpu), 3),
+                "redundant_forward_share": round(max(r["forwarded"] for r in preds) / pred["patches"] - 1, 3),
                 "predict_wall_s": pred["wall_s"],
-                "predict_peak_rss_mb": pred["peak_rss_mb"],
+                "predict_wall_s_range": [min(r["wall_s"] for r in preds), max(r["wall_s"] for r in preds)],
+                "predict_peak_rss_mb": max(r["peak_rss_mb"] for r in preds),
                 "load_avg_1min": round(os.getloadavg()[0], 2),
+                "cpu": cpu_name(),
             }
-            if naive is not None:
-                summary["speedup_vs_inmemory"] = round(naive["wall_s"] / pred["wall_s"], 3)
-                summary["rss_inmemory_vs_predict"] = round(naive["peak_rss_mb"] / pred["peak_rss_mb"], 2)
+            if naives:
+                naive_wall = statistics.median(r["wall_s"] for r in naives)
+                summary["inmemory_wall_s"] = naive_wall
+                summary["speedup_vs_inmemory"] = round(naive_wall / pred["wall_s"], 3)
+                summary["rss_inmemory_vs_predict"] = round(
+                    max(r["peak_rss_mb"] for r in naives) / summary["predict_peak_rss_mb"], 2
+                )
             print(json.dumps(summary), flush=True)
 
 

@@ -6,12 +6,12 @@ RTS and pseudo-class logits back. Which engine runs is ``predict.backend``:
 * ``torch``: the model itself, ``channels_last`` (and bf16 autocast on CUDA); the only engine on a GPU.
 * ``onnxruntime`` / ``openvino``: the model exported once to ONNX (OpenVINO: converted once more to its IR) and run
   on the CPU, so that probabilities agree with torch's to about 1e-6.
-* ``auto`` (the default): torch on a GPU; on the CPU the fastest one installed, OpenVINO, then ONNX Runtime, then
-  torch. Both are optional (``pip install 'pixeldino[engines]'``).
+* ``auto`` (the default): torch on a GPU; on the CPU the fastest one installed, ONNX Runtime, then OpenVINO, then
+  torch (in bfloat16: OpenVINO, then torch). Both are optional (``pip install 'pixeldino[engines]'``).
 
 ``predict.precision``: ``auto`` (the default) is bfloat16 on a GPU (autocast, as always) and float32 on the CPU.
-``bfloat16`` on the CPU (torch autocast, or OpenVINO's bf16 inference precision; not ONNX Runtime) is 2-3x faster
-on CPUs with AMX or AVX-512-BF16 but moves probabilities by up to about 1e-2 (OpenVINO picks bf16 by itself on such
+``bfloat16`` on the CPU (torch autocast, or OpenVINO's bf16 inference precision; not ONNX Runtime) is 1.5-3x faster
+on CPUs with AVX-512-BF16 or AMX but moves probabilities by up to about 1e-2 (OpenVINO picks bf16 by itself on such
 CPUs; here it only does when asked).
 
 Export happens once per model and input shape, not once per scene job: the files are cached beside the model file,
@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_BACKEND: Backend = "auto"
-#: Exported engines, fastest first on the CPU (measured in BENCHMARKS.md); all run on the CPU only.
-CPU_ENGINES = ("openvino", "onnxruntime")
+#: Exported engines, fastest scene inference first on the CPU in float32 (measured side by side in BENCHMARKS.md,
+#: "Inference engines": ONNX Runtime ahead of OpenVINO on both CPUs tried); all run on the CPU only.
+CPU_ENGINES = ("onnxruntime", "openvino")
 #: ONNX opset of the export: LayerNormalization-free graph, readable by ONNX Runtime >= 1.14 and OpenVINO >= 2023.
 ONNX_OPSET = 18
 INPUT_NAME = "x"
@@ -191,16 +192,16 @@ class OnnxRuntimeEngine(Engine):
 
 
 class OpenVinoEngine(Engine):
-    """The model in OpenVINO's IR on its CPU plugin, compiled for one precision and one static batch size.
+    """The model in OpenVINO's IR on its CPU plugin, compiled for one precision and batches of 1 to ``batch_size``.
 
-    A static input shape is faster than a dynamic one on the CPU plugin; a smaller batch (the last of a block) is
-    padded with zeros and the padding's outputs are dropped.
+    The batch dimension is bounded rather than static: a full batch runs as fast as with a static shape, and the
+    smaller last batch of a block costs its own size instead of a full batch of zero padding (measured in
+    BENCHMARKS.md, "Inference engines").
     """
 
     name = "openvino"
 
     def __init__(self, ir_path: Path, batch_size: int, num_threads: int | None, precision: str = "float32") -> None:
-        import numpy as np
         import openvino as ov
         import torch
 
@@ -211,7 +212,7 @@ class OpenVinoEngine(Engine):
         except Exception as exc:
             raise ModelError(f"{ir_path}: cannot load the exported model ({exc}); delete it to export again") from exc
         shape = list(model.input(0).get_partial_shape().get_min_shape())
-        model.reshape({model.input(0): [batch_size, *shape[1:]]})
+        model.reshape({model.input(0): [ov.Dimension(1, batch_size), *shape[1:]]})
         hint = {"float32": "f32", "bfloat16": "bf16"}[precision]
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if num_threads:
@@ -219,7 +220,6 @@ class OpenVinoEngine(Engine):
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.batch_size = batch_size
-        self._padded = np.zeros((batch_size, *shape[1:]), np.float32)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
@@ -227,13 +227,8 @@ class OpenVinoEngine(Engine):
         n = x.shape[0]
         if n > self.batch_size:
             raise ValueError(f"batch of {n} patches exceeds the compiled batch size {self.batch_size}")
-        data = x.contiguous().numpy()
-        if n < self.batch_size:
-            self._padded[:n] = data
-            self._padded[n:] = 0.0
-            data = self._padded
-        self.request.infer({0: data}, share_inputs=True, share_outputs=True)
-        rts, pseudo = (self.request.get_output_tensor(i).data[:n] for i in range(len(OUTPUT_NAMES)))
+        self.request.infer({0: x.contiguous().numpy()}, share_inputs=True, share_outputs=True)
+        rts, pseudo = (self.request.get_output_tensor(i).data for i in range(len(OUTPUT_NAMES)))
         return torch.from_numpy(rts), torch.from_numpy(pseudo)
 
 

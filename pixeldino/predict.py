@@ -100,12 +100,13 @@ class PredictParams:
         chunk_size: dask block size in pixels (raised to at least one patch, the halo); bounds the memory.
         tta: average the 8 flips/rotations (8x slower).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``.
-        backend: inference engine. ``auto``: torch on a GPU, else the fastest one installed on the CPU (openvino,
-            then onnxruntime, then torch). onnxruntime and openvino run on the CPU in float32 (pip install
-            'pixeldino[engines]'); the model is exported once and cached beside the model file (<model>.engines/).
+        backend: inference engine. ``auto``: torch on a GPU, else the fastest one installed on the CPU
+            (onnxruntime, then openvino, then torch; in bfloat16 openvino, then torch). onnxruntime and openvino run
+            on the CPU only (pip install 'pixeldino[engines]'); the model is exported once and cached beside the
+            model file (<model>.engines/).
         precision: ``auto``: bfloat16 on a GPU (autocast), float32 on the CPU (probabilities equal to torch's within
-            1e-3 on every engine). bfloat16 on the CPU (backend torch or openvino) is 2-3x faster on CPUs with AMX
-            or AVX-512-BF16 and moves probabilities by up to about 1e-2.
+            1e-3 on every engine). bfloat16 on the CPU (backend torch or openvino) is 1.5-3x faster on CPUs with
+            AVX-512-BF16 or AMX and moves probabilities by up to about 1e-2.
         num_threads: CPU threads for the model (null: torch's default; the workflow passes the rule's threads).
         dask_scheduler: run the scene's prediction as one task on a dask distributed cluster: a scheduler address
             (tcp://host:8786) or scheduler file (*.json). For CPU-only sites; Snakemake still decides what runs.
