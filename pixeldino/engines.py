@@ -192,11 +192,12 @@ class OnnxRuntimeEngine(Engine):
 
 
 class OpenVinoEngine(Engine):
-    """The model in OpenVINO's IR on its CPU plugin, compiled for one precision and batches of 1 to ``batch_size``.
+    """The model in OpenVINO's IR on its CPU plugin, compiled for one precision.
 
-    The batch dimension is bounded rather than static: a full batch runs as fast as with a static shape, and the
-    smaller last batch of a block costs its own size instead of a full batch of zero padding (measured in
-    BENCHMARKS.md, "Inference engines").
+    Full batches run on a model compiled for a static batch of ``batch_size`` (the fastest form on the CPU plugin);
+    the smaller last batch of a block runs on a second one, compiled on first use with a batch bounded by
+    ``batch_size``, so that it costs its own size rather than a full batch of zero padding (BENCHMARKS.md,
+    "Inference engines").
     """
 
     name = "openvino"
@@ -206,29 +207,43 @@ class OpenVinoEngine(Engine):
         import torch
 
         super().__init__(torch.device("cpu"))
-        core = ov.Core()
+        self._core = ov.Core()
         try:
-            model = core.read_model(str(ir_path))
+            self._ir = self._core.read_model(str(ir_path))
         except Exception as exc:
             raise ModelError(f"{ir_path}: cannot load the exported model ({exc}); delete it to export again") from exc
-        shape = list(model.input(0).get_partial_shape().get_min_shape())
-        model.reshape({model.input(0): [ov.Dimension(1, batch_size), *shape[1:]]})
-        hint = {"float32": "f32", "bfloat16": "bf16"}[precision]
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        self._config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": {"float32": "f32", "bfloat16": "bf16"}[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if num_threads:
-            config["INFERENCE_NUM_THREADS"] = int(num_threads)
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+            self._config["INFERENCE_NUM_THREADS"] = int(num_threads)
         self.batch_size = batch_size
+        self._full = self._compile(batch_size)
+        self._partial: Any = None
+
+    def _compile(self, batch: Any) -> Any:
+        """An infer request for the model compiled with input batch ``batch`` (an int or an ``ov.Dimension``)."""
+        model = self._ir.clone()
+        shape = list(model.input(0).get_partial_shape().get_min_shape())
+        model.reshape({model.input(0): [batch, *shape[1:]]})
+        return self._core.compile_model(model, "CPU", self._config).create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import openvino as ov
         import torch
 
         n = x.shape[0]
         if n > self.batch_size:
             raise ValueError(f"batch of {n} patches exceeds the compiled batch size {self.batch_size}")
-        self.request.infer({0: x.contiguous().numpy()}, share_inputs=True, share_outputs=True)
-        rts, pseudo = (self.request.get_output_tensor(i).data for i in range(len(OUTPUT_NAMES)))
+        if n == self.batch_size:
+            request = self._full
+        else:
+            if self._partial is None:
+                self._partial = self._compile(ov.Dimension(1, self.batch_size))
+            request = self._partial
+        request.infer({0: x.contiguous().numpy()}, share_inputs=True, share_outputs=True)
+        rts, pseudo = (request.get_output_tensor(i).data for i in range(len(OUTPUT_NAMES)))
         return torch.from_numpy(rts), torch.from_numpy(pseudo)
 
 
