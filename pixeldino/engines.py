@@ -48,7 +48,7 @@ Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_BACKEND: Backend = "auto"
 #: Exported engines, fastest scene inference first on the CPU in float32 (measured side by side in BENCHMARKS.md,
-#: "Inference engines": ONNX Runtime ahead of OpenVINO on both CPUs tried); all run on the CPU only.
+#: "Inference engines": ONNX Runtime ahead of or level with OpenVINO in every run, on two CPUs); CPU only.
 CPU_ENGINES = ("onnxruntime", "openvino")
 #: ONNX opset of the export: LayerNormalization-free graph, readable by ONNX Runtime >= 1.14 and OpenVINO >= 2023.
 ONNX_OPSET = 18

@@ -180,6 +180,36 @@ def test_openvino_ir_is_converted_once(tmp_path: Path, monkeypatch: pytest.Monke
     assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"]
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_openvino_runs_a_short_batch_at_its_own_size(tmp_path: Path, precision: str) -> None:
+    """A block's last, smaller batch is not padded to the compiled batch: it gives exactly its own outputs, equal to
+    what the same patches give inside a full batch (full and short batches run on separate compiles)."""
+    _require("openvino")
+    model_path = trained_model(tmp_path / "model.safetensors", "layer")
+    model, _ = load_model(model_path)
+    engine = load_engine(
+        "openvino",
+        model,
+        torch.device("cpu"),
+        model_path=model_path,
+        model_id="abc",
+        patch=PATCH,
+        batch_size=BATCH,
+        num_threads=1,
+        precision=precision,
+    )
+    x = torch.rand(BATCH, 3, PATCH, PATCH, generator=torch.Generator().manual_seed(3))
+    full_rts, full_pseudo = (t.clone() for t in engine(x))
+    for n in (1, BATCH - 1):
+        rts, pseudo = engine(x[:n])
+        assert rts.shape == (n, 1, PATCH, PATCH) and pseudo.shape == (n, 5, PATCH, PATCH)
+        assert engine._partial.get_input_tensor(0).shape[0] == n  # the model ran on n patches, not on padding
+        tol = 1e-4 if precision == "float32" else 5e-2  # bf16: two compiles may block the arithmetic differently
+        assert float((rts - full_rts[:n]).abs().max()) < tol
+        assert float((pseudo - full_pseudo[:n]).abs().max()) < tol
+    assert float(full_rts.std()) > 1e-3  # a model whose output varies, not a constant
+
+
 def test_losing_an_export_race_keeps_the_winner(tmp_path: Path) -> None:
     final = tmp_path / "key.openvino"
     final.mkdir()
