@@ -4,6 +4,7 @@ cache, backend choice, and one-line errors."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,6 +57,21 @@ def trained_model(path: Path, norm: str, seed: int = 0) -> Path:
     return save_model(path, model.eval(), meta)
 
 
+def cpu_engine(backend: str, model_path: Path, model_id: str = "m0", **options: Any) -> engines.Engine:
+    """``load_engine`` on the CPU for a saved test model, at the tests' patch and batch sizes."""
+    model, _ = load_model(model_path)
+    return load_engine(
+        backend,
+        model,
+        torch.device("cpu"),
+        model_path=model_path,
+        model_id=model_id,
+        patch=PATCH,
+        batch_size=BATCH,
+        **options,
+    )
+
+
 def recorded_batches(scene: Path, model_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """The normalised batches predict_scene feeds the model (edge patches mirrored, nodata zeroed), via torch."""
     batches: list[np.ndarray] = []
@@ -92,16 +108,7 @@ def test_exported_engine_agrees_with_torch_on_edge_patches(
 
     model, _ = load_model(model_path)
     reference = engines.TorchEngine(model, torch.device("cpu"))
-    engine = load_engine(
-        backend,
-        model,
-        torch.device("cpu"),
-        model_path=model_path,
-        model_id="m0",
-        patch=PATCH,
-        batch_size=BATCH,
-        num_threads=1,
-    )
+    engine = cpu_engine(backend, model_path, num_threads=1)
     worst_prob = worst_logit = 0.0
     for x in batches:
         xt = torch.from_numpy(x)
@@ -186,18 +193,7 @@ def test_openvino_runs_a_short_batch_at_its_own_size(tmp_path: Path, precision: 
     what the same patches give inside a full batch (full and short batches run on separate compiles)."""
     _require("openvino")
     model_path = trained_model(tmp_path / "model.safetensors", "layer")
-    model, _ = load_model(model_path)
-    engine = load_engine(
-        "openvino",
-        model,
-        torch.device("cpu"),
-        model_path=model_path,
-        model_id="abc",
-        patch=PATCH,
-        batch_size=BATCH,
-        num_threads=1,
-        precision=precision,
-    )
+    engine = cpu_engine("openvino", model_path, num_threads=1, precision=precision)
     x = torch.rand(BATCH, 3, PATCH, PATCH, generator=torch.Generator().manual_seed(3))
     full_rts, full_pseudo = (t.clone() for t in engine(x))
     for n in (1, BATCH - 1):
@@ -276,16 +272,7 @@ def test_bfloat16_on_cpu_stays_close(tmp_path: Path, backend: str) -> None:
     model, _ = load_model(model_path)
     x = torch.rand(BATCH, 3, PATCH, PATCH)
     want = torch.sigmoid(engines.TorchEngine(model, torch.device("cpu"))(x)[0])
-    engine = load_engine(
-        backend,
-        model,
-        torch.device("cpu"),
-        model_path=model_path,
-        model_id="bf",
-        patch=PATCH,
-        batch_size=BATCH,
-        precision="bfloat16",
-    )
+    engine = cpu_engine(backend, model_path, model_id="bf", precision="bfloat16")
     got = torch.sigmoid(engine(x)[0])
     assert float((got - want).abs().max()) < 5e-2
 
