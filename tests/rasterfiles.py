@@ -23,7 +23,7 @@ def write_geotiff(
     path: Path,
     data: np.ndarray,
     *,
-    transform: Affine,
+    transform: Affine | None,
     crs: str | None = UTM_8N,
     nodata: float | None = None,
     descriptions: Sequence[str] | None = None,
@@ -36,7 +36,7 @@ def write_geotiff(
     Args:
         path: the file to write.
         data: the pixel values.
-        transform: the grid's geotransform.
+        transform: the grid's geotransform (None: none).
         crs: the grid's CRS (None: no CRS).
         nodata: the nodata value (None: none).
         descriptions: band descriptions (how pixeldino names bands: ``B02``, ``slope``...).

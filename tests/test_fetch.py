@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterfiles import write_geotiff
 from shapely.geometry import box
 
 from pixeldino.composite import composite_scenes
@@ -45,20 +46,7 @@ def demo_scene(tile: str, bands: list[str]) -> dict:
 
 
 def _write_band(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:32608") -> str:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype="uint16",
-        crs=crs,
-        transform=transform,
-        nodata=0,
-    ) as dst:
-        dst.write(data, 1)
-    return str(path)
+    return str(write_geotiff(path, data.astype(np.uint16, copy=False), transform=transform, crs=crs, nodata=0))
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterfiles import write_geotiff
 from rasterio.drivers import raster_driver_extensions
 from rasterio.transform import from_origin
 
@@ -52,47 +53,25 @@ def band_data(size: int = 256, seed: int = 0) -> np.ndarray:
 
 def write_jp2(path: Path, data: np.ndarray, transform: Affine = TRANSFORM, crs: str = CRS) -> Path:
     """A lossless, tiled (128 px) JPEG2000 band, as Sentinel-2 products hold them."""
-    with rasterio.open(
+    return write_geotiff(
         path,
-        "w",
-        driver="JP2OpenJPEG",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype="uint16",
-        crs=crs,
+        data,
         transform=transform,
+        crs=crs,
+        driver="JP2OpenJPEG",
         QUALITY=100,
         REVERSIBLE="YES",
         BLOCKXSIZE=128,
         BLOCKYSIZE=128,
         RESOLUTIONS=1,
-    ) as dst:
-        dst.write(data, 1)
-    return path
+    )
 
 
 def write_gtiff(path: Path, data: np.ndarray, *, crs: str | None = CRS, transform: Affine | None = TRANSFORM) -> Path:
     """A tiled, compressed GeoTIFF (a scene COG's layout); ``crs``/``transform`` None leave them out."""
-    profile = {"crs": crs} if crs else {}
-    if transform is not None:
-        profile["transform"] = transform
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[-1],
-        height=data.shape[-2],
-        count=1 if data.ndim == 2 else data.shape[0],
-        dtype=str(data.dtype),
-        tiled=True,
-        blockxsize=128,
-        blockysize=128,
-        compress="deflate",
-        **profile,
-    ) as dst:
-        dst.write(data, 1) if data.ndim == 2 else dst.write(data)
-    return path
+    return write_geotiff(
+        path, data, transform=transform, crs=crs, tiled=True, blockxsize=128, blockysize=128, compress="deflate"
+    )
 
 
 def truncate(path: Path, keep: float = 0.6) -> Path:
