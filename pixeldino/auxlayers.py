@@ -51,13 +51,13 @@ from pixeldino.rasters import open_raster, read_raster
 from pixeldino.terrain import (
     AUX_LAYERS,
     ENCODINGS,
-    INDEX_BANDS,
     INDEX_LAYERS,
     TERRAIN_LAYERS,
     SpectralIndex,
     TerrainLayer,
     index_layers,
     is_aux_layer,
+    missing_index_bands,
     terrain_layers,
 )
 
@@ -166,13 +166,13 @@ def input_bands(bands: Sequence[str], aux: AuxParams | Mapping[str, Any] | None)
     """
     params = as_aux_params(aux)
     spectral = canonical_bands(list(bands))
-    for index in params.indices:
-        missing = [b for b in INDEX_BANDS[index] if b not in spectral]
-        if missing:
-            raise ConfigError(
-                f"aux.indices: {index} needs band(s) {', '.join(missing)}, which are not in 'bands' "
-                f"({', '.join(spectral)}); add them to 'bands' or drop {index}"
-            )
+    lacking = missing_index_bands(params.indices, spectral)
+    if lacking:
+        index, missing = lacking
+        raise ConfigError(
+            f"aux.indices: {index} needs band(s) {', '.join(missing)}, which are not in 'bands' "
+            f"({', '.join(spectral)}); add them to 'bands' or drop {index}"
+        )
     return spectral + params.layers
 
 
@@ -283,13 +283,13 @@ def _rewrite(out: Path, aux: AuxParams, *, skipped: bool) -> dict[str, Any]:
         keep = _spectral_bands(src.descriptions)
         names = [str(src.descriptions[i - 1] or f"band{i}") for i in keep]
         by_name = {n: i for n, i in zip(canonical_names(names), keep)}
-        for index in aux.indices:
-            missing = [b for b in INDEX_BANDS[index] if b not in by_name]
-            if missing:
-                raise InputError(
-                    f"{out}: aux.indices {index} needs band(s) {', '.join(missing)}, which the scene lacks "
-                    f"(it has {', '.join(names)}); add them to 'bands' and fetch again"
-                )
+        lacking = missing_index_bands(aux.indices, by_name)
+        if lacking:
+            index, missing = lacking
+            raise InputError(
+                f"{out}: aux.indices {index} needs band(s) {', '.join(missing)}, which the scene lacks "
+                f"(it has {', '.join(names)}); add them to 'bands' and fetch again"
+            )
         res_x, res_y = abs(src.transform.a), abs(src.transform.e)
         radius_px = aux.relative_radius_m / res_x
         halo = math.ceil(radius_px) + 2 if aux.terrain_layers else 0

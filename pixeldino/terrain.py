@@ -38,7 +38,7 @@ DEM, cuts the scene into strips with a halo and writes the bands.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -160,6 +160,16 @@ TERRAIN_LAYERS: tuple[str, ...] = ("slope", "relative_elevation", "aspect", "cur
 INDEX_LAYERS: tuple[str, ...] = ("ndvi", "ndwi")
 #: The Sentinel-2 bands each spectral index is computed from: (a, b) for (a - b) / (a + b).
 INDEX_BANDS: dict[str, tuple[str, str]] = {"ndvi": ("B08", "B04"), "ndwi": ("B03", "B08")}
+
+
+def missing_index_bands(indices: Sequence[str], bands: Collection[str]) -> tuple[str, list[str]] | None:
+    """The first of ``indices`` whose :data:`INDEX_BANDS` are not all in ``bands``, with the missing ones; None when
+    every index can be computed."""
+    for index in indices:
+        missing = [b for b in INDEX_BANDS[index] if b not in bands]
+        if missing:
+            return index, missing
+    return None
 
 
 def is_aux_layer(name: str) -> bool:
